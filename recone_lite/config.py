@@ -1,0 +1,213 @@
+"""Typed recipes: YAML files loaded into pydantic models that reject unknown keys.
+
+A recipe names a model, a prepared data set, a LoRA adapter, the rewards and the trainer's own
+settings. The `grpo:` and `sft:` sections are passed to TRL's `GRPOConfig` / `SFTConfig` as they
+are (we do not re-invent TRL's knobs); their keys are checked against those dataclasses' fields,
+so a misspelt key is an error there too. `extends: NAME` starts from another recipe.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import importlib.resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from recone_lite.errors import InputError
+from recone_lite.models import ModelSpec
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataSection(Strict):
+    """Where the prepared data set lives and how prompts are rendered from it."""
+
+    dir: str = Field(description="prepared data directory (from `recone-lite data prepare`)")
+    template: Literal["reczero", "think", "none"] = "reczero"
+    max_prompt_tokens: int = Field(2048, gt=0)
+    train_split: str = "train"
+    eval_split: str = "dev"
+    train_limit: int | None = Field(None, gt=0, description="use at most this many train examples")
+    eval_limit: int | None = Field(64, gt=0, description="dev examples per evaluation")
+
+
+class LoraSection(Strict):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class WarmupSection(Strict):
+    """A few SFT steps on template traces that teach a tiny model the tag format (not RecOne)."""
+
+    steps: int = Field(20, gt=0)
+    learning_rate: float = Field(5e-4, gt=0)
+    batch_size: int = Field(4, gt=0)
+
+
+class EvalSection(Strict):
+    max_new_tokens: int = Field(256, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
+class Recipe(Strict):
+    """One training run: model + data + adapter + rewards + TRL's own trainer settings."""
+
+    description: str = ""
+    kind: Literal["grpo", "sft"] = "grpo"
+    model: ModelSpec
+    data: DataSection
+    lora: LoraSection = LoraSection()
+    rewards: list[Literal["format", "answer", "correct"]] = ["format", "answer"]
+    init_adapter: str | None = Field(None, description="start from this adapter (RecOne: SFT)")
+    warmup: WarmupSection | None = None
+    evaluation: EvalSection = EvalSection()
+    grpo: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig")
+    sft: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
+    output_dir: str = "runs/run"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _trainer_keys_exist(self) -> Recipe:
+        for section in ("grpo", "sft"):
+            unknown = sorted(set(getattr(self, section)) - trainer_fields(section))
+            if unknown:
+                raise ValueError(f"{section}.{unknown[0]}: unknown key{_suggest(unknown[0], section)}")
+        return self
+
+
+def trainer_fields(section: str) -> set[str]:
+    """Field names of TRL's GRPOConfig / SFTConfig (imports trl, so only on validation)."""
+    import trl
+
+    config = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
+    return {f.name for f in dataclasses.fields(config)} - {"output_dir"}
+
+
+def _suggest(key: str, section: str) -> str:
+    close = difflib.get_close_matches(key, sorted(trainer_fields(section)), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def recipes_dir() -> Path:
+    """The recipes shipped with the package (`recipes/` in the source tree)."""
+    return Path(str(importlib.resources.files("recone_lite.recipes")))
+
+
+def packaged_recipes() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(recipes_dir().glob("*.yaml"))}
+
+
+def resolve_recipe_path(name_or_path: str) -> Path:
+    """A packaged recipe name (`music-grpo`) or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise InputError("no such recipe file", path=path)
+        return path
+    recipes = packaged_recipes()
+    if name_or_path not in recipes:
+        close = difflib.get_close_matches(name_or_path, list(recipes), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else f"; known: {', '.join(recipes)}"
+        raise InputError(f"unknown recipe {name_or_path!r}{hint}")
+    return recipes[name_or_path]
+
+
+def parse_value(text: str) -> Any:
+    """A command-line value: YAML scalars and lists, and floats such as 1e-6 that YAML 1.1 misses.
+
+    >>> parse_value("1e-6"), parse_value("8"), parse_value("true"), parse_value("[q_proj, v_proj]")
+    (1e-06, 8, True, ['q_proj', 'v_proj'])
+    >>> parse_value("runs/x")
+    'runs/x'
+    """
+    value = yaml.safe_load(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides to a raw recipe dict (a copy is returned).
+
+    >>> apply_overrides({"grpo": {"learning_rate": 2e-6}}, ["grpo.learning_rate=1e-5", "seed=3"])
+    {'grpo': {'learning_rate': 1e-05}, 'seed': 3}
+    >>> apply_overrides({}, ["seed"])
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: override 'seed': expected key.sub=value
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"override {item!r}: expected key.sub=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise InputError(f"override {item!r}: {part} is not a section")
+        node[leaf] = parse_value(value)
+    return raw
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def read_raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML of a recipe with its `extends:` chain merged in (child keys win)."""
+    if path.resolve() in seen:
+        raise InputError("recipe extends itself in a cycle", path=path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        line = getattr(getattr(err, "problem_mark", None), "line", None)
+        raise InputError(f"invalid YAML ({getattr(err, 'problem', err)})", path=path,
+                         line=None if line is None else line + 1) from None
+    if not isinstance(raw, dict):
+        raise InputError("a recipe is a YAML mapping", path=path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    sibling = path.parent / str(parent)
+    parent_path = sibling if sibling.is_file() else resolve_recipe_path(str(parent))
+    return _deep_merge(read_raw_recipe(parent_path, (*seen, path.resolve())), raw)
+
+
+def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe:
+    """Resolve, merge `extends`, apply overrides and validate; errors name the file and key."""
+    path = resolve_recipe_path(name_or_path)
+    raw = apply_overrides(read_raw_recipe(path), overrides or [])
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        message = message.removeprefix("Value error, ")
+        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        raise InputError(message + more, path=path, field=key or None) from None
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as YAML (what `recipes show` prints and every run saves)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

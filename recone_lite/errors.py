@@ -1,0 +1,39 @@
+"""Errors the CLI turns into one-line messages and exit codes (2: bad input, 1: runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ReconeError(Exception):
+    """A runtime failure the user should see as one line; the CLI exits 1."""
+
+    exit_code = 1
+
+
+class InputError(ReconeError):
+    """Bad usage or bad input (a file, a line, a field); the CLI exits 2.
+
+    >>> str(InputError("rating 7 is outside the scale 1-5", path="r.jsonl", line=3, field="rating"))
+    'r.jsonl:3: rating: rating 7 is outside the scale 1-5'
+    >>> str(InputError("no such file", path="x.jsonl"))
+    'x.jsonl: no such file'
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.message, self.path, self.line, self.field = message, path, line, field
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        if field is not None:
+            where += f"{field}: "
+        super().__init__(where + message)
