@@ -43,6 +43,90 @@ def version() -> None:
 
 # --- data commands (data prepare / data stats / data show) -------------------------------------
 
+from recone_lite.data.sources import SOURCES  # noqa: E402  (stdlib only: cheap to import)
+
+_SOURCE_HELP = f"raw format, one of: {', '.join(SOURCES)} (see docs/data.md)"
+
+
+@data_app.command("prepare")
+def data_prepare(
+    source: Annotated[str, typer.Option(help=_SOURCE_HELP, show_default=False)],
+    out: Annotated[Path, typer.Option(help="output folder, written whole then renamed into place")],
+    reviews: Annotated[Path | None, typer.Option(
+        help="reviews / ratings file (plain or .gz), or the folder for movielens, recbole, yelp, "
+        "reason4rec")] = None,
+    meta: Annotated[Path | None, typer.Option(
+        help="item meta file (plain or .gz); optional, items without meta get {}")] = None,
+    k_core: Annotated[int, typer.Option(
+        min=0, help="drop users and items with fewer interactions, repeated until stable")] = 5,
+    history: Annotated[int, typer.Option(
+        min=0, help="most recent earlier interactions kept as each example's history")] = 10,
+    review_chars: Annotated[int, typer.Option(
+        min=0, help="review text is cut to this many characters")] = 300,
+    coldstart: Annotated[int, typer.Option(
+        min=0, help="size of the cold-start pool, drawn from the train targets")] = 1000,
+    seed: Annotated[int, typer.Option(help="seed of the cold-start draw")] = 0,
+    time_cutoff: Annotated[str | None, typer.Option(
+        help="split by time instead: DEV_START,TEST_START (dates like 2015-06-01 or epoch "
+        "seconds, UTC)")] = None,
+    min_history: Annotated[int, typer.Option(
+        min=0, help="train targets need at least this many earlier interactions")] = 1,
+    rating_scale: Annotated[str | None, typer.Option(
+        help="MIN,MAX rating scale, overriding the source's (e.g. 0.5,5)")] = None,
+    salvage: Annotated[bool, typer.Option(
+        help="keep the complete lines of a truncated .gz file instead of failing")] = False,
+    skip_bad: Annotated[bool, typer.Option(
+        help="count and skip bad records (malformed, missing field, off-scale rating) instead "
+        "of failing on the first")] = False,
+    allow_pickle: Annotated[bool, typer.Option(
+        help="allow reading pickles (reason4rec); a pickle can run code, so only if trusted")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
+) -> None:
+    """Turn raw reviews into train / dev / test / coldstart JSONL and a manifest.json.
+
+    Per user, by time: last -> test, second to last -> dev, earlier -> train.
+    History = the user's train interactions strictly before the target, never a dev/test target.
+    Prints the manifest's counts as JSON on stdout. Formats and split: docs/data.md.
+
+    Examples:
+      [bold]recone-lite data prepare --source recbole-ml-100k --out data/ml-100k[/bold]
+      [bold]recone-lite data prepare --source amazon-2023 --reviews Music.jsonl.gz[/bold] \\
+      [bold]    --meta meta_Music.jsonl.gz --out data/music[/bold]
+      [bold]recone-lite data prepare --source movielens --reviews ml-latest-small[/bold] \\
+      [bold]    --out data/mll --time-cutoff 2017-01-01,2018-01-01[/bold]
+    """
+    from recone_lite.data.prepare import Options, parse_scale, parse_time_cutoff, prepare
+    from recone_lite.jsonl import dumps
+
+    options = Options(
+        k_core=k_core, history=history, review_chars=review_chars, coldstart=coldstart, seed=seed,
+        time_cutoff=parse_time_cutoff(time_cutoff) if time_cutoff else None,
+        min_history=min_history, rating_scale=parse_scale(rating_scale) if rating_scale else None,
+        salvage=salvage, skip_bad=skip_bad, allow_pickle=allow_pickle)
+    manifest = prepare(source, reviews, meta, out, options, overwrite=overwrite)
+    typer.echo(dumps({"out": str(out), **manifest["counts"]}))
+
+
+@data_app.command("stats")
+def data_stats(
+    folder: Annotated[Path, typer.Argument(help="a folder written by `data prepare`")],
+) -> None:
+    """Summarise a prepared folder: users, items, examples per split, target ratings,
+    history length and review length percentiles. Tables on stderr, JSON on stdout.
+
+    Examples:
+      [bold]recone-lite data stats data/ml-100k[/bold]
+      [bold]recone-lite data stats data/music 2>/dev/null | jq .splits.test[/bold]
+    """
+    from recone_lite.data.stats import render, stats
+    from recone_lite.jsonl import dumps
+
+    summary = stats(folder)
+    render(summary)
+    typer.echo(dumps(summary))
+
+
 
 # --- recipes commands --------------------------------------------------------------------------
 
@@ -99,36 +183,332 @@ def recipes_validate(
 
 # --- core commands (baselines / eval) ----------------------------------------------------------
 
+DataDir = Annotated[Path, typer.Option("--data", help="prepared data folder (from `data prepare`)")]
+
+
+@app.command()
+def baselines(
+    data: DataDir,
+    splits: Annotated[str, typer.Option(help="comma-separated splits to score")] = "dev,test",
+    seed: Annotated[int, typer.Option(help="seed of the MF baseline")] = 0,
+) -> None:
+    """Fit global/user/item mean and biased MF on train; print their MAE/RMSE on dev and test.
+
+    Table on stderr, JSON on stdout. Fitted on train targets and train histories only.
+
+    Example: [bold]recone-lite baselines --data data/ml-100k[/bold]
+    """
+    from recone_lite.baselines import baselines_report, print_baselines
+    from recone_lite.jsonl import dumps
+
+    report = baselines_report(data, [s for s in splits.split(",") if s], seed)
+    print_baselines(report)
+    typer.echo(dumps(report))
+
+
+@app.command("eval")
+def eval_(
+    data: DataDir,
+    predictions: Annotated[
+        Path, typer.Option(help="predictions JSONL ({id, rating|null, ok}); - reads stdin")
+    ],
+    split: Annotated[str, typer.Option(help="split the predictions are for")] = "test",
+    strict: Annotated[
+        bool, typer.Option(help="missing, extra or duplicate ids are errors (exit 2)")
+    ] = False,
+) -> None:
+    """Score predictions against a split beside the baselines: coverage, MAE, RMSE, MAE with
+    failures (an unparsable answer scored as the global mean), MAE per true rating.
+
+    Table on stderr, JSON summary on stdout.
+
+    Examples:
+      [bold]recone-lite eval --data data/music --predictions ratings.jsonl[/bold]
+      [bold]recone-lite eval --data data/music --predictions dev.jsonl --split dev --strict[/bold]
+    """
+    from recone_lite.evaluate import evaluate, print_report
+    from recone_lite.jsonl import dumps
+
+    report = evaluate(data, predictions, split, strict)
+    print_report(report)
+    typer.echo(dumps(report))
+
+
+@data_app.command("show")
+def data_show(
+    data: Annotated[Path, typer.Argument(help="prepared data folder")],
+    example_id: Annotated[str, typer.Option("--id", help="example id (searched in every split)")],
+    tokenizer: Annotated[str, typer.Option(help="tokenizer folder (or a GGUF's folder)")],
+    template: Annotated[str, typer.Option(help="reczero, think or none")] = "reczero",
+    gguf_file: Annotated[
+        str | None, typer.Option(help="GGUF file name inside the tokenizer folder")
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(min=1, help="token budget (oldest history dropped first)")
+    ] = None,
+) -> None:
+    """Print the exact prompt a model sees for one example (stdout) and its token count (stderr).
+
+    Examples:
+      [bold]recone-lite data show data/ml --id ID --tokenizer Qwen/Qwen2.5-7B-Instruct[/bold]
+      [bold]recone-lite data show data/ml --id ID --tokenizer DIR --gguf-file m.gguf[/bold]
+    """
+    from recone_lite.log import info, warn
+    from recone_lite.prepared import find_example, read_scale
+    from recone_lite.prompts import build_messages, load_tokenizer, render_prompt
+
+    split, example = find_example(data, example_id)
+    build_messages(example, template)  # a bad template or example fails before the slow load
+    loaded = load_tokenizer(tokenizer, gguf_file)
+    rendered = render_prompt(example, loaded, template, read_scale(data), max_prompt_tokens)
+    typer.echo(rendered.text, nl=False)
+    info(
+        f"{split} example {example_id}: {rendered.n_tokens} prompt tokens, "
+        f"{rendered.dropped_items} history items dropped, "
+        f"{rendered.shortened_reviews} reviews shortened"
+    )
+    if rendered.over_budget:
+        warn(f"over the budget of {max_prompt_tokens} tokens even with no history")
+
 
 # --- model commands (predict) ------------------------------------------------------------------
 
 
+@app.command()
+def predict(
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hub id, model folder or .gguf file; with --backend openai, the served model "
+            "or adapter name"
+        ),
+    ],
+    input: Annotated[
+        str,
+        typer.Argument(
+            help="requests JSONL (prepared examples or bare {id, history, target}); - reads stdin"
+        ),
+    ] = "-",
+    gguf_file: Annotated[
+        str | None, typer.Option(help="GGUF file inside the --model folder")
+    ] = None,
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder (peft)")] = None,
+    template: Annotated[str, typer.Option(help="prompt: reczero, think or none")] = "reczero",
+    scale: Annotated[
+        str | None,
+        typer.Option(help="rating scale MIN,MAX (default: the input's manifest.json, else 1,5)"),
+    ] = None,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="prompt budget, oldest history dropped first (default: max length - max new "
+            "tokens)",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="requests per generation batch (default 8; vllm 256)")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per completion")] = 512,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
+    samples: Annotated[
+        int, typer.Option(min=1, help="k completions per request; rating = mean of parsable ones")
+    ] = 1,
+    seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
+    out: Annotated[str | None, typer.Option(help="write here instead of stdout")] = None,
+    resume: Annotated[
+        bool, typer.Option(help="skip the ids already in --out, append the rest")
+    ] = False,
+    completion: Annotated[bool, typer.Option(help="include the completion text")] = True,
+    skip_bad: Annotated[bool, typer.Option(help="count and skip malformed lines")] = False,
+    backend: Annotated[str, typer.Option(help="hf (local), openai (a server) or vllm")] = "hf",
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    ] = None,
+    api_key_env: Annotated[
+        str, typer.Option(help="environment variable holding the API key (never printed)")
+    ] = "OPENAI_API_KEY",
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight (openai)")] = 8,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
+    quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (CUDA only)")] = "none",
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="run the model repository's own code (only models you trust)")
+    ] = False,
+) -> None:
+    """Predict ratings: JSONL requests in, one JSON line per request out, in input order,
+    {id, rating, ok, completion, tokens} (+ truth; ratings and spread with --samples).
+
+    Examples:
+      [bold]recone-lite predict data/music/test.jsonl --model M --adapter A --out p.jsonl[/bold]
+      [bold]recone-lite predict data/music/test.jsonl --model M --out p.jsonl --resume[/bold]
+      [bold]head -n 5 test.jsonl | recone-lite predict --model SmolLM2.gguf | jq .rating[/bold]
+      [bold]recone-lite predict t.jsonl --temperature 1 --samples 5 --model M[/bold]
+      [bold]recone-lite predict t.jsonl --backend openai --base-url URL --model LORA_NAME[/bold]
+    """
+    from recone_lite.predict import predict as run_predict
+
+    run_predict(
+        input,
+        model=model,
+        gguf_file=gguf_file,
+        adapter=adapter,
+        template=template,
+        scale=scale,
+        max_prompt_tokens=max_prompt_tokens,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        samples=samples,
+        seed=seed,
+        out=out,
+        resume=resume,
+        completion=completion,
+        skip_bad=skip_bad,
+        backend=backend,
+        base_url=base_url,
+        api_key_env=api_key_env,
+        concurrency=concurrency,
+        trust_remote_code=trust_remote_code,
+        dtype=dtype,
+        quantization=quantization,
+    )
+
+
 # --- training commands (train / sft / traces) --------------------------------------------------
+
+# traces: `traces make` and `traces inspect`; `traces --data ...` (issue 7's spelling) is `make`.
+import enum  # noqa: E402
+
+from typer.core import TyperGroup  # noqa: E402
+
+from recone_lite.traces import TEACHERS  # noqa: E402  (stdlib only: cheap to import)
+
+Teacher = enum.Enum("Teacher", {name: name for name in TEACHERS}, type=str)
+
+
+class _MakeByDefault(TyperGroup):
+    """A group whose options-first call (`traces --data D ...`) runs its `make` command."""
+
+    def parse_args(self, ctx, args):  # type: ignore[override]
+        if args and args[0].startswith("-") and args[0] != "--help":
+            args = ["make", *args]
+        return super().parse_args(ctx, args)
+
+
+traces_app = typer.Typer(
+    cls=_MakeByDefault,
+    no_args_is_help=True,
+    help="RecOne cold start: reasoning traces from a teacher model for `sft`, and their "
+    "inspection. [bold]traces --data ...[/bold] is short for [bold]traces make --data ...[/bold]. "
+    "Example: [bold]recone-lite traces make --data data/music --out traces.jsonl --base-url "
+    "http://localhost:8000/v1 --model Qwen/Qwen3-32B[/bold]. See docs/recone.md.",
+)
+app.add_typer(traces_app, name="traces")
+
+
+@traces_app.command("make")
+def traces_make(
+    data: Annotated[Path, typer.Option(help="a folder written by `data prepare`")],
+    out: Annotated[Path, typer.Option(
+        help="trace file (JSONL) to write; replaced whole at the end. Beside it: "
+        "OUT-stem.dropped.jsonl (what was not kept, and why) and OUT.cache/ (every reply)")],
+    split: Annotated[str, typer.Option(
+        help="split to trace; coldstart is the pool held apart for RecOne")] = "coldstart",
+    teacher: Annotated[Teacher, typer.Option(
+        help="[bold]openai[/bold]: a teacher behind an OpenAI-compatible endpoint (RecOne); "
+        "[bold]template[/bold]: offline, no model, a fixed-form answer ending in the true "
+        "rating (kind 'template'): a format warm-up only, not RecOne")] = Teacher.openai,
+    base_url: Annotated[str | None, typer.Option(
+        help="the endpoint, e.g. https://api.deepseek.com/v1 or http://localhost:8000/v1")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="the teacher model's name at that endpoint")] = None,
+    api_key_env: Annotated[str, typer.Option(
+        help="environment variable holding the API key (never printed; unset is fine for a "
+        "local server)")] = "OPENAI_API_KEY",
+    limit: Annotated[int | None, typer.Option(
+        min=1, help="only the first N examples of the split")] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 8,
+    tolerance: Annotated[float, typer.Option(
+        min=0, help="a rating matches the truth when it rounds (halves up) to it or lies within "
+        "this distance of it; 0 = exact after rounding")] = 0.0,
+    cache: Annotated[Path | None, typer.Option(
+        help="reply cache folder, keyed by model + messages + sampling parameters "
+        "[default: OUT.cache]")] = None,
+    max_tokens: Annotated[int, typer.Option(
+        min=1, help="per reply; a reasoning model's thinking counts too")] = 4096,
+    temperature: Annotated[float, typer.Option(min=0, help="teacher sampling temperature")] = 0.6,
+    max_retries: Annotated[int, typer.Option(
+        min=0, help="retries with exponential backoff on 429, 5xx, timeouts and lost "
+        "connections")] = 4,
+    timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+) -> None:
+    """Ask a teacher to reason on each example; keep what reaches the true rating (RecOne).
+
+    Right first time -> kind 'align'. Otherwise asked again with the true
+    rating as a hint; kept as 'rationalized' only if it reaches the truth and
+    never mentions the hint. Only the tagged answer is kept, never a reasoning
+    model's separate thinking. Replies are cached as they arrive: a rerun
+    after a crash repeats no request. Cost line on stderr, JSON summary on
+    stdout. See docs/recone.md.
+
+    Examples:
+      [bold]recone-lite traces make --data data/music --out traces.jsonl \\
+          --base-url https://api.deepseek.com/v1 --model deepseek-reasoner \\
+          --api-key-env DEEPSEEK_API_KEY[/bold]
+      [bold]recone-lite traces --data data/music --out traces.jsonl --limit 50 \\
+          --base-url http://localhost:8000/v1 --model Qwen/Qwen3-32B[/bold]
+      [bold]recone-lite traces make --data data/ml-100k --teacher template \\
+          --out warmup.jsonl[/bold]
+    """
+    from recone_lite.jsonl import dumps
+    from recone_lite.teacher import make_traces
+
+    summary = make_traces(
+        data, out, split=split, teacher=teacher.value, base_url=base_url, model=model,
+        api_key_env=api_key_env, limit=limit, concurrency=concurrency, tolerance=tolerance,
+        cache=cache, max_tokens=max_tokens, temperature=temperature, max_retries=max_retries,
+        timeout=timeout)
+    typer.echo(dumps(summary))
+
+
+@traces_app.command("inspect")
+def traces_inspect(
+    file: Annotated[Path, typer.Argument(help="a trace file written by `traces make`")],
+    data: Annotated[Path | None, typer.Option(
+        help="the prepared folder, for its rating scale [default: 1-5]")] = None,
+    samples: Annotated[int, typer.Option(min=0, help="samples shown per kind")] = 1,
+    tokenizer: Annotated[str | None, typer.Option(
+        help="a tokenizer (name or folder) to count completion tokens too")] = None,
+) -> None:
+    """Counts by kind, format validity, rating agreement, leaks, completion lengths, samples.
+
+    A table and the samples on stderr, the full report as JSON on stdout.
+
+    Examples:
+      [bold]recone-lite traces inspect traces.jsonl[/bold]
+      [bold]recone-lite traces inspect traces.jsonl --data data/music --samples 3[/bold]
+    """
+    from recone_lite.jsonl import dumps
+    from recone_lite.prepared import read_scale
+    from recone_lite.traces import inspect_file, render_report
+
+    scale = read_scale(data) if data is not None else (1.0, 5.0)
+    report = inspect_file(file, scale, samples=samples, tokenizer=tokenizer)
+    render_report(report)
+    typer.echo(dumps(report))
 
 
 # --- serving commands (export) -----------------------------------------------------------------
 
 
 def main() -> None:
-    """Console entry point: run the app, turning ReconeError into a one-line message and exit code."""
+    """Console entry point: click reports usage errors (exit 2); ReconeError becomes one line."""
     try:
-        app(standalone_mode=False)
+        app()
     except ReconeError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(err.exit_code)
-    except typer.Exit as err:
-        sys.exit(err.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(1)
     except BrokenPipeError:
         # A reader such as `head -n 3` closed the pipe early: that is not an error.
         sys.stderr.close()
         sys.exit(0)
-    except Exception as err:  # click usage errors carry their own exit code (2)
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise

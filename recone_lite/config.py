@@ -56,6 +56,7 @@ class WarmupSection(Strict):
 class EvalSection(Strict):
     max_new_tokens: int = Field(256, gt=0)
     batch_size: int = Field(8, gt=0)
+    at_start: bool = Field(True, description="evaluate on dev before training too (GRPO)")
 
 
 class Recipe(Strict):
@@ -98,8 +99,12 @@ def _suggest(key: str, section: str) -> str:
 
 
 def recipes_dir() -> Path:
-    """The recipes shipped with the package (`recipes/` in the source tree)."""
-    return Path(str(importlib.resources.files("recone_lite.recipes")))
+    """The recipes shipped with the package: `recone_lite.recipes` in a wheel (pyproject maps
+    the top-level `recipes/` there); an editable install finds them in the source tree."""
+    try:
+        return Path(str(importlib.resources.files("recone_lite.recipes")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "recipes"
 
 
 def packaged_recipes() -> dict[str, Path]:

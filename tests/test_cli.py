@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import click
 import typer.main
 from typer.testing import CliRunner
 
@@ -14,10 +13,11 @@ from recone_lite.cli import app
 runner = CliRunner()
 
 
-def leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def leaf_commands(group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path; typer bundles its own click, so groups are known by `.commands`."""
     paths = []
     for name, command in group.commands.items():
-        if isinstance(command, click.Group):
+        if hasattr(command, "commands"):
             paths += leaf_commands(command, (*prefix, name))
         else:
             paths.append((*prefix, name))

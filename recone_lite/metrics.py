@@ -1,0 +1,128 @@
+"""Rating metrics that keep failures visible: coverage, MAE/RMSE, MAE with failures, breakdowns.
+
+- `mae`, `rmse`: over the parsed predictions only, each clipped to the scale first (`clipped`
+  counts how many needed it). They say how good the answers are, not how often there is one.
+- `coverage`: parsed / n. Read it beside MAE: a model that answers 10% of the time with MAE 0.3
+  is not a good model.
+- `mae_with_failures`, `rmse_with_failures`: every example counts; an unparsable answer is
+  scored as the fallback prediction, the train set's global mean (`failures_scored_as`). An
+  unparsable answer is never an exact guess; it is worth what a model that knows nothing says.
+- `per_rating`: by true rating, n, parsed, MAE and the mean prediction; `histogram` counts the
+  predictions per rating bucket, `truth_histogram` the truths: a model that always says 5 shows as
+  MAE 0 on 5-star examples, large MAE elsewhere, and a histogram with one bar.
+
+Buckets are whole stars when every true rating is whole, half stars otherwise; a prediction goes
+to the nearest bucket (halves up) after clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from recone_lite.prompts import fmt_number
+from recone_lite.rewards import clip, round_half_up
+
+
+def _bucketer(truths: Sequence[float], scale: tuple[float, float]):
+    step = 1.0 if all(float(t).is_integer() for t in truths) else 0.5
+    lo, hi = float(scale[0]), float(scale[1])
+    count = round_half_up((hi - lo) / step) + 1
+    keys = [fmt_number(lo + i * step) for i in range(count)]
+
+    def bucket(value: float) -> str:
+        return fmt_number(lo + round_half_up((clip(value, scale) - lo) / step) * step)
+
+    return keys, bucket
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _rmse(errors: Sequence[float]) -> float | None:
+    return math.sqrt(sum(e * e for e in errors) / len(errors)) if errors else None
+
+
+def summarize(
+    predictions: Sequence[float | None],
+    truths: Sequence[float],
+    scale: tuple[float, float],
+    fallback: float,
+) -> dict:
+    """Metrics of predictions (None = no parsable rating) against true ratings.
+
+    `fallback` is what a failure is scored as in the `*_with_failures` metrics: pass the global
+    mean of the train ratings (the global-mean baseline's prediction).
+
+    >>> report = summarize([5.0, 4.0, None, 7.0], [5.0, 3.0, 1.0, 4.0], (1.0, 5.0), fallback=3.5)
+    >>> report["n"], report["parsed"], report["coverage"], report["clipped"]
+    (4, 3, 0.75, 1)
+    >>> report["mae"], round(report["rmse"], 4)  # errors 0, 1, 1 (7 clipped to 5)
+    (0.6667, 0.8165)
+    >>> report["mae_with_failures"], report["failures_scored_as"]  # the failure costs |1 - 3.5|
+    (1.125, {'prediction': 3.5, 'is': 'global mean of train ratings'})
+    >>> report["per_rating"]["4"]
+    {'n': 1, 'parsed': 1, 'mae': 1.0, 'mean_prediction': 5.0}
+    >>> report["histogram"]
+    {'1': 0, '2': 0, '3': 0, '4': 1, '5': 2, 'failed': 1}
+    """
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} predictions for {len(truths)} truths")
+    keys, bucket = _bucketer(truths, scale)
+    parsed = [
+        (clip(float(p), scale), float(t), bucket(float(t)))
+        for p, t in zip(predictions, truths, strict=True)
+        if p is not None and math.isfinite(p)
+    ]
+    clipped = sum(
+        1 for p in predictions if p is not None and math.isfinite(p) and clip(p, scale) != p
+    )
+    errors = [p - t for p, t, _ in parsed]
+    with_failures = [
+        (clip(float(p), scale) if p is not None and math.isfinite(p) else float(fallback)) - t
+        for p, t in zip(predictions, truths, strict=True)
+    ]
+    n = len(truths)
+    per_rating = {}
+    for key in keys:
+        rows = [(p, t) for p, t, b in parsed if b == key]
+        total = sum(1 for t in truths if bucket(float(t)) == key)
+        if total:
+            per_rating[key] = {
+                "n": total,
+                "parsed": len(rows),
+                "mae": _round(_mean([abs(p - t) for p, t in rows])),
+                "mean_prediction": _round(_mean([p for p, _ in rows])),
+            }
+    histogram = {key: sum(1 for p, _, _ in parsed if bucket(p) == key) for key in keys}
+    histogram["failed"] = n - len(parsed)
+    return {
+        "n": n,
+        "parsed": len(parsed),
+        "failed": n - len(parsed),
+        "coverage": _round(len(parsed) / n if n else None),
+        "clipped": clipped,
+        "mae": _round(_mean([abs(e) for e in errors])),
+        "rmse": _round(_rmse(errors)),
+        "mae_with_failures": _round(_mean([abs(e) for e in with_failures])),
+        "rmse_with_failures": _round(_rmse(with_failures)),
+        "failures_scored_as": {
+            "prediction": _round(fallback),
+            "is": "global mean of train ratings",
+        },
+        "mean_prediction": _round(_mean([p for p, _, _ in parsed])),
+        "per_rating": per_rating,
+        "histogram": histogram,
+        "truth_histogram": {key: sum(1 for t in truths if bucket(float(t)) == key) for key in keys},
+    }
+
+
+def _round(value: float | None) -> float | None:
+    """Four decimals in reports: enough to compare with the paper's numbers, stable in tests."""
+    return None if value is None else round(value, 4)
+
+
+def fmt_metric(value: float | None) -> str:
+    """A metric in a table cell: four decimals, `-` for none."""
+    return "-" if value is None else f"{value:.4f}"

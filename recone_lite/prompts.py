@@ -1,0 +1,379 @@
+"""Prompts: a prepared example -> chat messages, rendered with the tokenizer's own chat template.
+
+Three templates share one user message (the inputs `user_purchase_history` and `target_item`)
+and differ in the system prompt, i.e. in the answer format they ask for:
+
+- `reczero`: think before recommending in four tagged steps, `<analyze user>`, `<analyze item>`,
+  `<match>`, then `<rate>` (RecZero / RecOne, arXiv 2510.23077);
+- `think`: one free `<think>` block, then `<rate>` (ablation);
+- `none`: only `<rate>` (ablation: no reasoning).
+
+`TEMPLATE_BLOCKS` is the one list of tags per template; `rewards.format_ok` checks answers
+against it. SFT, GRPO and prediction all use `render_prompt` (or `build_messages` +
+`messages_for_tokenizer`), so the model sees the same text in training and at prediction time.
+Role markers always come from `tokenizer.apply_chat_template`, never from strings written here.
+
+Nothing here imports torch or transformers: a tokenizer is passed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from recone_lite.errors import InputError
+
+TEMPLATE_BLOCKS: dict[str, tuple[str, ...]] = {
+    "reczero": ("analyze user", "analyze item", "match", "rate"),
+    "think": ("think", "rate"),
+    "none": ("rate",),
+}
+TEMPLATES = tuple(TEMPLATE_BLOCKS)  # ("reczero", "think", "none")
+
+META_FIELD_CHARS = 300  # one meta value is cut to this many characters (prepare keeps them short)
+SHORTENED = "[...]"  # marks a review shortened to fit the token budget
+
+_RATE_RULE = (
+    "<rate>...</rate>: only the predicted rating, one number from {lo} to {hi} (decimals are "
+    "allowed), nothing else."
+)
+_INPUTS = (
+    "You predict how a user will rate an item. You are given user_purchase_history, the items "
+    "the user rated before (oldest first), each with its information, the user's rating and, "
+    "where there is one, the user's review; and target_item, the information about a new item. "
+    "Ratings go from {lo} (worst) to {hi} (best)."
+)
+_SYSTEM = {
+    "reczero": _INPUTS
+    + "\n\nThink before you recommend. Answer in exactly four tagged steps, in this order:\n"
+    "1. <analyze user>...</analyze user>: for each item in the history, write what the user "
+    "liked, marked [like], and disliked, marked [dislike], judging from the rating and the "
+    "review. Then sum up the user's interests as positive aspects, marked [pos], and negative "
+    "aspects, marked [neg].\n"
+    "2. <analyze item>...</analyze item>: describe the features of target_item, and what this "
+    "user might like about it, marked [like], or dislike, marked [dislike].\n"
+    "3. <match>...</match>: connect steps 1 and 2 and reason whether target_item suits this "
+    "user.\n"
+    "4. " + _RATE_RULE + "\nWrite nothing after </rate>.",
+    "think": _INPUTS
+    + "\n\nFirst think in <think>...</think> about what this user likes and dislikes and whether "
+    "target_item suits them. Then give " + _RATE_RULE + "\nWrite nothing after </rate>.",
+    "none": _INPUTS + "\n\nDo not explain. Answer with " + _RATE_RULE,
+}
+assert set(_SYSTEM) == set(TEMPLATE_BLOCKS)
+
+
+def fmt_number(value: Any) -> str:
+    """A rating or scale bound as a person writes it.
+
+    >>> fmt_number(4.0), fmt_number(4.5), fmt_number(3), fmt_number("2"), fmt_number(None)
+    ('4', '4.5', '3', '2', '?')
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "?"
+    return f"{number:g}" if math.isfinite(number) else "?"
+
+
+def _one_line(text: str, limit: int | None = None) -> str:
+    text = " ".join(str(text).split())
+    return text if limit is None or len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def _value_text(value: Any) -> str:
+    """A meta value as short text: lists are flattened and joined, dicts become `k: v` pairs."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, dict):
+        parts = (f"{k}: {_value_text(v)}" for k, v in value.items())
+        return _one_line(", ".join(p for p in parts if not p.endswith(": ")), META_FIELD_CHARS)
+    if isinstance(value, (list, tuple)):
+        seen: list[str] = []  # nested lists (Amazon's category paths) are flattened, deduplicated
+        stack = list(reversed(value))
+        while stack:
+            part = stack.pop()
+            if isinstance(part, (list, tuple)):
+                stack.extend(reversed(part))
+            elif (text := _value_text(part)) and text not in seen:
+                seen.append(text)
+        return _one_line(", ".join(seen), META_FIELD_CHARS)
+    if isinstance(value, float):
+        return fmt_number(value)
+    return _one_line(value, META_FIELD_CHARS)
+
+
+def item_text(meta: dict[str, Any] | None, item_id: Any = None) -> str:
+    """One item's meta on one line, `key: value` fields joined by ` | `.
+
+    >>> item_text({"title": "Abbey Road", "categories": [["Music", "Rock"], ["Rock"]], "y": 1969})
+    'title: Abbey Road | categories: Music, Rock | y: 1969'
+    >>> item_text({}, item_id="B0001")
+    'item_id: B0001 (no other information)'
+    """
+    fields = [
+        f"{key}: {text}" for key, value in (meta or {}).items() if (text := _value_text(value))
+    ]
+    if not fields:
+        return f"item_id: {item_id} (no other information)" if item_id else "(no information)"
+    return " | ".join(fields)
+
+
+def _history_text(history: list[dict[str, Any]], omitted: int, review_chars: int | None) -> str:
+    if not history:
+        return "(empty)" if not omitted else f"({omitted} older items omitted)"
+    lines = [f"({omitted} older items omitted)"] if omitted else []
+    for number, entry in enumerate(history, start=1):
+        lines.append(f"[{number}] {item_text(entry.get('item'), entry.get('item_id'))}")
+        lines.append(f"    rating: {fmt_number(entry.get('rating'))}")
+        review = _one_line(entry.get("review") or "")
+        if review_chars is not None and len(review) > review_chars:
+            cut = review[: review_chars + 1]  # cut at a word boundary within review_chars
+            cut = cut.rsplit(" ", 1)[0] if " " in cut else cut[:review_chars]
+            review = f"{cut.rstrip()} {SHORTENED}".lstrip()
+        if review:
+            lines.append(f"    review: {review}")
+    return "\n".join(lines)
+
+
+def build_messages(
+    example: dict[str, Any],
+    template: str = "reczero",
+    scale: tuple[float, float] = (1.0, 5.0),
+    *,
+    omitted: int = 0,
+    review_chars: int | None = None,
+) -> list[dict[str, str]]:
+    """System + user chat messages for a prepared example or a bare `{"history", "target"}` request.
+
+    `omitted` says how many older history items were left out (shown to the model as a line);
+    `review_chars` shortens every review to at most that many characters (see `render_prompt`).
+
+    >>> past = {"item_id": "i1", "item": {"title": "Kind of Blue"}, "rating": 5, "review": "Cool."}
+    >>> example = {"item_id": "i9", "target": {"title": "Blue Train"}, "history": [past]}
+    >>> system, user = build_messages(example, "none")
+    >>> system["role"], "<rate>" in system["content"], user["role"]
+    ('system', True, 'user')
+    >>> print(user["content"])
+    user_purchase_history:
+    [1] title: Kind of Blue
+        rating: 5
+        review: Cool.
+    <BLANKLINE>
+    target_item:
+    title: Blue Train
+    <BLANKLINE>
+    Predict the rating this user gives target_item, from 1 to 5.
+    """
+    if template not in TEMPLATE_BLOCKS:
+        raise InputError(
+            f"unknown template {template!r}; choose one of {', '.join(TEMPLATES)}", field="template"
+        )
+    if not isinstance(example.get("target"), dict):
+        raise InputError("the example has no target item (a dict of item meta)", field="target")
+    lo, hi = fmt_number(scale[0]), fmt_number(scale[1])
+    history = list(example.get("history") or [])
+    user = (
+        f"user_purchase_history:\n{_history_text(history, omitted, review_chars)}\n\n"
+        f"target_item:\n{item_text(example['target'], example.get('item_id'))}\n\n"
+        f"Predict the rating this user gives target_item, from {lo} to {hi}."
+    )
+    return [
+        {"role": "system", "content": _SYSTEM[template].format(lo=lo, hi=hi)},
+        {"role": "user", "content": user},
+    ]
+
+
+# --- chat templates -------------------------------------------------------------------------
+
+_PROBE = "recone-lite system probe 7d1f"
+
+
+def supports_system_role(tokenizer: Any) -> bool:
+    """True when the tokenizer's chat template renders a system message's text.
+
+    Some templates (Gemma's) raise on a system role, others silently drop it: both count as no.
+    """
+    probe = [{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}]
+    try:
+        text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    except Exception:  # jinja's raise_exception, TemplateError, ValueError...: no system role
+        return False
+    return _PROBE in str(text)
+
+
+def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Fold system messages into the first user turn (for chat templates without a system role).
+
+    >>> merge_system([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
+    [{'role': 'user', 'content': 'S\\n\\nU'}]
+    """
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return rest
+    for message in rest:
+        if message["role"] == "user":
+            message["content"] = f"{system}\n\n{message['content']}"
+            return rest
+    return [{"role": "user", "content": system}, *rest]
+
+
+def messages_for_tokenizer(messages: list[dict[str, str]], tokenizer: Any) -> list[dict[str, str]]:
+    """The messages as this tokenizer's chat template can take them (system merged if needed)."""
+    return messages if supports_system_role(tokenizer) else merge_system(messages)
+
+
+def chat_text(messages: list[dict[str, str]], tokenizer: Any) -> str:
+    """The prompt text the model sees: the chat template applied, generation prompt added."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            "the tokenizer has no chat template; use an instruct (chat) model", field="tokenizer"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def count_tokens(text: str, tokenizer: Any) -> int:
+    """Tokens in rendered chat text (special tokens are already in the text, none are added)."""
+    return len(tokenizer.encode(text, add_special_tokens=False))
+
+
+def load_tokenizer(path: str | Path, gguf_file: str | None = None) -> Any:
+    """A Hugging Face tokenizer from a folder or hub name, or from a GGUF file (a path to a
+    `.gguf`, or its folder plus `gguf_file`). Imports transformers, so call it only when needed.
+    """
+    from transformers import AutoTokenizer
+
+    if gguf_file is None and str(path).endswith(".gguf"):
+        path, gguf_file = Path(path).parent, Path(path).name
+    local = Path(path).expanduser()
+    if str(path).startswith(("/", ".", "~")) and not local.is_dir():
+        raise InputError("no such tokenizer folder", path=path)
+    if gguf_file and not (local / gguf_file).is_file():
+        raise InputError(f"no GGUF file {gguf_file} in this folder", path=path)
+    options = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        return AutoTokenizer.from_pretrained(str(path), **options)
+    except (OSError, ValueError) as err:  # not a tokenizer folder; unknown hub id, or no network
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise InputError(f"cannot load a tokenizer ({first})", path=path) from None
+
+
+# --- rendering under a token budget ---------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt fitted to the budget.
+
+    `messages` are the fitted chat messages (system merged where the template has no system role):
+    what TRL's trainers take as a conversational prompt. `text` is the chat template applied to
+    them with the generation prompt; `n_tokens` its length. `over_budget` is True when even an
+    empty history does not fit (the prompt is returned anyway; the system prompt and the target
+    are never cut).
+    """
+
+    messages: list[dict[str, str]]
+    text: str
+    n_tokens: int
+    dropped_items: int = 0
+    shortened_reviews: int = 0
+    over_budget: bool = False
+
+
+def render_prompt(
+    example: dict[str, Any],
+    tokenizer: Any,
+    template: str = "reczero",
+    scale: tuple[float, float] = (1.0, 5.0),
+    max_prompt_tokens: int | None = None,
+) -> RenderedPrompt:
+    """Render an example with the tokenizer's chat template, within `max_prompt_tokens`.
+
+    Over budget, the oldest history items are dropped first (binary search for the longest recent
+    tail that fits). If not even the newest item fits, its review is shortened to the longest
+    prefix that fits; failing that, the history is emptied. The system prompt and target item are
+    never cut: a prompt that does not fit with an empty history comes back with `over_budget`.
+    """
+    merge = not supports_system_role(tokenizer)
+    history = list(example.get("history") or [])
+
+    def attempt(keep: int, review_chars: int | None = None) -> RenderedPrompt:
+        kept = history[len(history) - keep :] if keep else []
+        messages = build_messages(
+            {**example, "history": kept},
+            template,
+            scale,
+            omitted=len(history) - keep,
+            review_chars=review_chars,
+        )
+        if merge:
+            messages = merge_system(messages)
+        text = chat_text(messages, tokenizer)
+        shortened = 0
+        if review_chars is not None:
+            shortened = sum(len(_one_line(e.get("review") or "")) > review_chars for e in kept)
+        return RenderedPrompt(
+            messages, text, count_tokens(text, tokenizer), len(history) - keep, shortened
+        )
+
+    full = attempt(len(history))
+    if max_prompt_tokens is None or full.n_tokens <= max_prompt_tokens:
+        return full
+
+    def largest_fitting(lo: int, hi: int, make) -> RenderedPrompt | None:
+        """The fitting prompt for the largest x in [lo, hi] (token counts grow with x)."""
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            candidate = make(mid)
+            if candidate.n_tokens <= max_prompt_tokens:
+                best, lo = candidate, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    # 1. Drop the oldest items: the longest recent tail (of at least one item) that fits.
+    fitted = largest_fitting(1, len(history) - 1, attempt)
+    if fitted is None and history:
+        # 2. Not even the newest item fits whole: keep it with its review shortened.
+        review = _one_line(history[-1].get("review") or "")
+        fitted = largest_fitting(0, len(review) - 1, lambda chars: attempt(1, chars))
+    if fitted is not None:
+        return fitted
+    # 3. No history at all; the system prompt and the target are never cut.
+    empty = attempt(0)
+    return dataclasses.replace(empty, over_budget=empty.n_tokens > max_prompt_tokens)
+
+
+def prompt_token_lengths(
+    examples: Iterable[dict[str, Any]],
+    tokenizer: Any,
+    template: str = "reczero",
+    scale: tuple[float, float] = (1.0, 5.0),
+) -> dict[str, int]:
+    """Percentiles of full (unbudgeted) prompt lengths in tokens: `n`, `p50`, `p90`, `p99`, `max`.
+
+    Nearest-rank percentiles, so every number is the length of a real prompt. Look at these
+    before picking `max_prompt_tokens`: past it, the oldest history items are dropped.
+    """
+    lengths = sorted(render_prompt(e, tokenizer, template, scale).n_tokens for e in examples)
+    return percentiles(lengths)
+
+
+def percentiles(values: list[int]) -> dict[str, int]:
+    """Nearest-rank p50/p90/p99/max of sorted integers (zeros for an empty list).
+
+    >>> percentiles(list(range(1, 101)))
+    {'n': 100, 'p50': 50, 'p90': 90, 'p99': 99, 'max': 100}
+    >>> percentiles([7])
+    {'n': 1, 'p50': 7, 'p90': 7, 'p99': 7, 'max': 7}
+    """
+    result = {"n": len(values)}
+    for p in (50, 90, 99):
+        result[f"p{p}"] = values[max(math.ceil(p / 100 * len(values)) - 1, 0)] if values else 0
+    result["max"] = values[-1] if values else 0
+    return result
