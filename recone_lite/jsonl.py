@@ -18,7 +18,9 @@ from typing import IO, Any
 from recone_lite.errors import InputError
 
 
-def read_jsonl(path: str | Path, stream: IO[str] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_jsonl(
+    path: str | Path, stream: IO[str] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(line_number, object)` for each non-blank line; a bad line raises InputError.
 
     `stream` reads an open text stream (stdin) and names it `path` in errors.
@@ -26,10 +28,10 @@ def read_jsonl(path: str | Path, stream: IO[str] | None = None) -> Iterator[tupl
     >>> import io
     >>> list(read_jsonl("-", io.StringIO('{"a": 1}\\n\\n{"a": 2}\\n')))
     [(1, {'a': 1}), (3, {'a': 2})]
-    >>> list(read_jsonl("-", io.StringIO('{"a": 1}\\n{oops\\n')))
+    >>> list(read_jsonl("-", io.StringIO('{"a": 1}\\n[1]\\n')))
     Traceback (most recent call last):
     ...
-    recone_lite.errors.InputError: -:2: malformed JSON (Expecting property name enclosed in double quotes)
+    recone_lite.errors.InputError: -:2: expected a JSON object
     """
     if stream is None:
         if not Path(path).is_file():

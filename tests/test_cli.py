@@ -51,8 +51,10 @@ def test_version_names_the_stack() -> None:
 
 
 def test_importing_the_package_and_cli_loads_no_torch() -> None:
-    code = "import sys, recone_lite.cli; print('torch' in sys.modules, 'transformers' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = "import sys, recone_lite.cli; print('torch' in sys.modules, 'trl' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "False False"
 
 
