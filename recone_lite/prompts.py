@@ -197,12 +197,19 @@ def supports_system_role(tokenizer: Any) -> bool:
 
     Some templates (Gemma's) raise on a system role, others silently drop it: both count as no.
     """
-    probe = [{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}]
-    try:
-        text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-    except Exception:  # jinja's raise_exception, TemplateError, ValueError...: no system role
-        return False
-    return _PROBE in str(text)
+    template = getattr(tokenizer, "chat_template", None)
+    key = (id(tokenizer), template if isinstance(template, str) else repr(template))
+    if key not in _SYSTEM_ROLE:  # one probe per tokenizer and template, not one per prompt
+        probe = [{"role": "system", "content": _PROBE}, {"role": "user", "content": "hi"}]
+        try:
+            text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+        except Exception:  # jinja's raise_exception, TemplateError, ValueError...: no system role
+            text = ""
+        _SYSTEM_ROLE[key] = _PROBE in str(text)
+    return _SYSTEM_ROLE[key]
+
+
+_SYSTEM_ROLE: dict[tuple[int, str], bool] = {}
 
 
 def merge_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:

@@ -1,0 +1,222 @@
+"""Chat completions against any OpenAI-compatible server (vLLM, llama.cpp server, a hosted API).
+
+Shared by `predict --backend openai` and the teacher calls of `traces`. The `openai` package does
+the HTTP, the retries (exponential backoff with jitter on connection errors, timeouts, 408, 409,
+429 and 5xx, honouring `retry-after`) and the error types; this module adds bounded concurrency,
+results in request order, per-request errors instead of exceptions, and one clear error when the
+server cannot be reached at all.
+
+The API key is read from an environment variable (`OPENAI_API_KEY` unless told otherwise) and is
+never printed or logged. Local servers need none: a placeholder is sent when the variable is unset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from recone_lite.errors import InputError, ReconeError
+
+NO_KEY = "EMPTY"  # what vLLM's and llama.cpp's docs send when the server checks no key
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatResult:
+    """One chat completion, or the error left after the retries (`error` set, `content` None).
+
+    `reasoning_content` is the separate reasoning text that reasoning servers send (vLLM's and
+    DeepSeek's `reasoning_content`, or `reasoning`); None when the server sends none.
+    """
+
+    content: str | None
+    reasoning_content: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def api_key(api_key_env: str | None) -> str:
+    """The key from the environment variable, or a placeholder when it is unset or empty."""
+    return (os.environ.get(api_key_env) if api_key_env else None) or NO_KEY
+
+
+def make_client(
+    base_url: str,
+    *,
+    api_key_env: str | None = "OPENAI_API_KEY",
+    max_retries: int = 4,
+    timeout: float = 600.0,
+) -> Any:
+    """An `openai.OpenAI` client for `base_url` with the key from `api_key_env` and retries."""
+    try:
+        import openai
+    except ImportError:
+        raise ReconeError("the openai package is not installed: pip install openai") from None
+    if not base_url.startswith(("http://", "https://")):
+        raise InputError(f"not an http(s) URL: {base_url!r}", field="base_url")
+    return openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key(api_key_env),
+        max_retries=max_retries,
+        timeout=timeout,
+    )
+
+
+def _result(response: Any) -> ChatResult:
+    choice = response.choices[0]
+    message = choice.message
+    reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
+    usage = getattr(response, "usage", None)
+    return ChatResult(
+        content=message.content or "",
+        reasoning_content=reasoning if isinstance(reasoning, str) else None,
+        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
+        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
+        finish_reason=choice.finish_reason,
+    )
+
+
+def stream_chat_completions(
+    requests: Iterable[list[dict[str, Any]]],
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str | None = "OPENAI_API_KEY",
+    concurrency: int = 8,
+    max_retries: int = 4,
+    temperature: float = 0.0,
+    max_tokens: int | None = 512,
+    timeout: float = 600.0,
+    seed: int | None = None,
+    extra_body: dict[str, Any] | None = None,
+) -> Iterator[ChatResult]:
+    """Yield one ChatResult per request (a list of chat messages), in request order.
+
+    At most `concurrency` requests are in flight; `requests` is read lazily, a little ahead of
+    what has been yielded, so a stream of millions works in constant memory. A request that still
+    fails after `max_retries` retries yields a result with `error` set. Raises ReconeError when the
+    server cannot be reached (connection error or timeout after the retries) before any request
+    succeeded, or when it refuses the key (401/403) or does not know the model (404): those would
+    fail every request alike.
+    """
+    import openai
+
+    if concurrency < 1:
+        raise InputError("must be at least 1", field="concurrency")
+    client = make_client(
+        base_url, api_key_env=api_key_env, max_retries=max_retries, timeout=timeout
+    )
+    fatal: list[BaseException] = []
+    succeeded = threading.Event()
+    stop = threading.Event()
+
+    def call(messages: list[dict[str, Any]]) -> ChatResult:
+        if stop.is_set():
+            return ChatResult(content=None, error="not sent: the server failed earlier")
+        kwargs: dict[str, Any] = {"model": model, "messages": messages}
+        kwargs["temperature"] = temperature
+        if max_tokens is not None:
+            kwargs["max_tokens"] = max_tokens
+        if seed is not None:
+            kwargs["seed"] = seed
+        if extra_body:
+            kwargs["extra_body"] = extra_body
+        try:
+            result = _result(client.chat.completions.create(**kwargs))
+        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
+            fatal.append(
+                ReconeError(
+                    f"{base_url} refused the API key ({err.status_code}); set it in ${api_key_env}"
+                )
+            )
+            stop.set()
+            return ChatResult(content=None, error=f"{err.status_code}: {_message(err)}")
+        except openai.NotFoundError as err:
+            fatal.append(
+                ReconeError(f"{base_url}: not found (404) for model {model!r}: {_message(err)}")
+            )
+            stop.set()
+            return ChatResult(content=None, error=f"404: {_message(err)}")
+        except openai.APIConnectionError as err:  # APITimeoutError is one too
+            if not succeeded.is_set():
+                fatal.append(
+                    ReconeError(
+                        f"cannot reach {base_url} after {max_retries} retries: {_message(err)}"
+                    )
+                )
+                stop.set()
+            return ChatResult(content=None, error=f"connection: {_message(err)}")
+        except openai.APIStatusError as err:
+            return ChatResult(content=None, error=f"{err.status_code}: {_message(err)}")
+        except (openai.APIError, IndexError, AttributeError) as err:
+            return ChatResult(content=None, error=f"bad response: {_message(err)}")
+        succeeded.set()
+        return result
+
+    pending: deque[Future[ChatResult]] = deque()
+    window = 2 * concurrency
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="chat")
+    try:
+        for messages in requests:
+            pending.append(pool.submit(call, messages))
+            while len(pending) >= window:
+                yield _checked(pending.popleft().result(), fatal)
+        while pending:
+            yield _checked(pending.popleft().result(), fatal)
+    finally:
+        stop.set()  # a consumer that stopped early: queued calls return without sending
+        pool.shutdown(wait=True, cancel_futures=True)
+        client.close()
+
+
+def _checked(result: ChatResult, fatal: list[BaseException]) -> ChatResult:
+    if fatal:
+        raise fatal[0]
+    return result
+
+
+def _message(err: BaseException) -> str:
+    text = " ".join(str(getattr(err, "message", None) or err).split())
+    return text[:300]
+
+
+def chat_completions(
+    requests: list[list[dict[str, Any]]],
+    *,
+    base_url: str,
+    model: str,
+    api_key_env: str | None = "OPENAI_API_KEY",
+    concurrency: int = 8,
+    max_retries: int = 4,
+    temperature: float = 0.0,
+    max_tokens: int | None = 512,
+    timeout: float = 600.0,
+    seed: int | None = None,
+    extra_body: dict[str, Any] | None = None,
+) -> list[ChatResult]:
+    """All results of `stream_chat_completions` as a list, in request order."""
+    return list(
+        stream_chat_completions(
+            requests,
+            base_url=base_url,
+            model=model,
+            api_key_env=api_key_env,
+            concurrency=concurrency,
+            max_retries=max_retries,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=timeout,
+            seed=seed,
+            extra_body=extra_body,
+        )
+    )

@@ -1,0 +1,97 @@
+"""A tiny OpenAI-compatible chat-completions server on 127.0.0.1 for tests (stdlib only).
+
+It answers every `POST .../chat/completions` with `reply(messages)` (default: a fixed rating),
+counts the requests it got, and fails the first requests as told by `failures`, a list of HTTP
+statuses (e.g. `[429, 500]`: the first request gets 429, the second 500, then success). Failures
+carry `retry-after-ms: 1`, so the client's backoff stays short in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class ChatServer:
+    def __init__(
+        self,
+        reply: Callable[[list[dict[str, Any]]], str] | None = None,
+        failures: list[int] | None = None,
+        reasoning: str | None = None,
+    ) -> None:
+        self.reply = reply or (lambda messages: "<rate>4</rate>")
+        self.failures = list(failures or [])
+        self.reasoning = reasoning
+        self.requests: list[dict[str, Any]] = []  # every request body received, failures too
+        self.statuses: list[int] = []
+        self.headers: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        self.url = ""
+
+    def handle(self, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        with self.lock:
+            self.requests.append(body)
+            self.headers.append(headers)
+            status = self.failures.pop(0) if self.failures else 200
+            self.statuses.append(status)
+        if status != 200:
+            return status, {"error": {"message": f"injected {status}", "type": "test"}}
+        content = self.reply(body["messages"])
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if self.reasoning is not None:
+            message["reasoning_content"] = self.reasoning
+        return 200, {
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "test"),
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": len(content.split()),
+                "total_tokens": 10 + len(content.split()),
+            },
+        }
+
+
+@contextmanager
+def chat_server(**kwargs: Any) -> Iterator[ChatServer]:
+    """Run a ChatServer on a free port of 127.0.0.1 for the duration of the block."""
+    state = ChatServer(**kwargs)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (the http.server API)
+            length = int(self.headers.get("content-length", 0))
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if not self.path.endswith("/chat/completions"):
+                status, payload = 404, {"error": {"message": "no such route"}}
+            else:
+                status, payload = state.handle(
+                    body, {k.lower(): v for k, v in self.headers.items()}
+                )
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            if status in (429, 500, 502, 503):
+                self.send_header("retry-after-ms", "1")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: Any) -> None:  # keep the test output clean
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
