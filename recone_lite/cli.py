@@ -519,7 +519,7 @@ RecipeName = Annotated[
     str, typer.Option(help="packaged recipe name (`recone-lite recipes list`) or a YAML file")
 ]
 OutDir = Annotated[
-    Path | None, typer.Option(help="run directory [default: the recipe's output_dir]")
+    Path | None, typer.Option(help="run directory (default: the recipe's output_dir)")
 ]
 InitAdapter = Annotated[
     Path | None, typer.Option(help="start from this LoRA adapter (a run directory of `sft`)")
@@ -638,6 +638,138 @@ def demo(
 
 
 # --- serving commands (export) -----------------------------------------------------------------
+
+
+@app.command()
+def export(
+    adapter: Annotated[Path | None, typer.Option(
+        help="LoRA adapter folder: a `train` / `sft` run directory or any peft adapter")] = None,
+    merged: Annotated[Path | None, typer.Option(
+        help="write the merged model to this folder (safetensors + tokenizer + recone.json: "
+        "`predict --model`, vLLM and transformers load it as it is)")] = None,
+    adapter_only: Annotated[Path | None, typer.Option(
+        help="write a clean peft adapter folder here, for vLLM --lora-modules NAME=PATH")] = None,
+    gguf: Annotated[Path | None, typer.Option(
+        help="write a GGUF file here for llama.cpp (needs llama.cpp: see --llama-cpp)")] = None,
+    base: Annotated[str | None, typer.Option(
+        help="base model: hub id, folder or .gguf [default: the run's recipe.yaml, else the "
+        "adapter's base_model_name_or_path]")] = None,
+    dtype: Annotated[str, typer.Option(help="merged weights: bf16, fp16 or fp32")] = "bf16",
+    quant: Annotated[str, typer.Option(
+        help="GGUF type: f16, bf16, f32, q8_0 (converter alone) or q6_k, q5_k_m, q4_k_m, q4_0 "
+        "(llama-quantize too)")] = "f16",
+    llama_cpp: Annotated[Path | None, typer.Option(
+        help="a llama.cpp checkout holding convert_hf_to_gguf.py (and build/bin/llama-quantize) "
+        "[default: both on PATH]; never downloaded")] = None,
+    verify: Annotated[bool, typer.Option(
+        help="compare logits (and greedy completions in fp32) of the saved merged model with "
+        "base + adapter on a few prompts; a mismatch writes nothing")] = True,
+    verify_only: Annotated[bool, typer.Option(
+        help="only verify an existing --merged folder (its recone.json names adapter and base)")
+    ] = False,
+    data: Annotated[Path | None, typer.Option(
+        help="prepared folder whose dev examples are the verification prompts [default: the "
+        "recipe's data.dir, else built-in examples]")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="prompt template to record when the adapter folder has no recipe.yaml")] = None,
+    scale: Annotated[str | None, typer.Option(
+        help="rating scale MIN,MAX to record when no prepared data says it")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+) -> None:
+    """Export a trained adapter for serving: merged 16-bit weights, a clean adapter for vLLM's
+    multi-LoRA serving, or a GGUF for llama.cpp. Export time and sizes on stderr, a JSON summary
+    (with the verification's max abs logit diff) on stdout. See docs/serving.md.
+
+    Examples:
+      [bold]recone-lite export --adapter runs/music --merged out/music-merged[/bold]
+      [bold]recone-lite export --adapter runs/music --adapter-only out/music[/bold]
+      [bold]recone-lite export --adapter runs/music --gguf out/music.gguf --quant q4_k_m \\
+          --llama-cpp ~/llama.cpp[/bold]
+      [bold]recone-lite export --merged out/music-merged --verify-only[/bold]
+    """
+    from recone_lite.export import export as run_export
+    from recone_lite.jsonl import dumps
+
+    typer.echo(dumps(run_export(
+        adapter, merged=merged, adapter_only=adapter_only, gguf=gguf, base=base, dtype=dtype,
+        quant=quant, llama_cpp=llama_cpp, verify=verify, verify_only=verify_only,
+        overwrite=overwrite, template=template, scale=scale, data=data)))
+
+
+# --- scaling commands (plan / launch) ----------------------------------------------------------
+
+
+@app.command()
+def plan(
+    recipe: RecipeName,
+    overrides: Overrides = None,
+    device: Annotated[str, typer.Option(
+        help="device profile for memory and speed: cpu, rtx4060-laptop (8 GB), rtx4080 (16), "
+        "rtx4090 (24), a100-80g, h20 (96), h100 (80)")] = "rtx4090",
+    gpu_mem: Annotated[float | None, typer.Option(
+        min=0.5, help="memory of one GPU in GiB (default: the device profile's)")] = None,
+    gpus: Annotated[int, typer.Option(
+        min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each")
+    ] = 1,
+) -> None:
+    """Estimate a recipe's peak memory per GPU and its step time before a run: weights by
+    quantization, LoRA adapter + AdamW states, activations, logits, generation KV cache, vLLM's
+    share; say whether it fits and which overrides lower the peak.
+
+    Loads no weights: the model's shape comes from a local config.json, a GGUF file's metadata or
+    a built-in table of common hub ids. Table on stderr, the plan as JSON on stdout.
+    Calibration and accuracy: docs/recipes.md.
+
+    Examples:
+      [bold]recone-lite plan --recipe music-grpo[/bold]
+      [bold]recone-lite plan --recipe music-grpo-8gb --device rtx4060-laptop[/bold]
+      [bold]recone-lite plan --recipe music-grpo --gpu-mem 16 grpo.num_generations=4[/bold]
+      [bold]recone-lite plan --recipe cpu-demo --device cpu[/bold]
+    """
+    from recone_lite.config import load_recipe
+    from recone_lite.jsonl import dumps
+    from recone_lite.plan import plan_for_cli, print_plan
+
+    result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus)
+    print_plan(result)
+    typer.echo(dumps(result))
+
+
+@app.command()
+def launch(
+    recipe: Annotated[str, typer.Option(
+        help="a recipe with a launch: section (e.g. h20x8-multi-adapter) or its YAML file")],
+    dry_run: Annotated[bool, typer.Option(
+        help="print each job's exact command (stdout) and start nothing")] = False,
+    cpu: Annotated[bool, typer.Option(
+        help="run the jobs on the CPU (gloo processes, no GPU subsets): for tests and demos")
+    ] = False,
+    only: Annotated[list[str] | None, typer.Option(
+        help="run only this job (repeat for several); GPUs stay as assigned")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="folder of the jobs' run dirs and logs (default: launch.output_dir)")] = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train several adapters side by side on one node: one `recone-lite train` per job of the
+    recipe's launch: section, each on its own GPUs through `accelerate launch` (DDP / DeepSpeed
+    configs in recipes/accelerate/), each with its own log. A live status table goes to stderr;
+    a failed job leaves the others running; exit 1 when any failed. JSON summary on stdout.
+
+    Examples:
+      [bold]recone-lite launch --recipe h20x8-multi-adapter --dry-run[/bold]
+      [bold]recone-lite launch --recipe h20x8-multi-adapter[/bold]
+      [bold]recone-lite launch --recipe h20x8-multi-adapter --only book --resume[/bold]
+    """
+    from recone_lite.jsonl import dumps
+    from recone_lite.launch import launch_recipe, raise_if_failed
+
+    flags = ["--resume"] * resume + ["--overwrite"] * overwrite
+    results = launch_recipe(recipe, dry_run=dry_run, cpu=cpu, only=only,
+                            output_dir=str(out) if out else None, train_flags=flags)
+    for item in results:
+        typer.echo(item if dry_run else dumps(item))
+    raise_if_failed(results)
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recone_lite.errors import InputError
+from recone_lite.launch import LaunchSection
 from recone_lite.models import ModelSpec
 
 
@@ -75,6 +76,8 @@ class Recipe(Strict):
     sft: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
     output_dir: str = "runs/run"
     seed: int = 0
+    launch: LaunchSection | None = Field(
+        None, description="jobs that `recone-lite launch` runs side by side (launch.py)")
 
     @model_validator(mode="after")
     def _trainer_keys_exist(self) -> Recipe:

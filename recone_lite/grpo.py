@@ -1,0 +1,202 @@
+"""`recone-lite train`: RecZero, GRPO on a LoRA/QLoRA adapter with the rule reward, over TRL's
+`GRPOTrainer` (Unsloth-patched on CUDA with the `gpu` extra).
+
+Top to bottom: read the data and TRL's `GRPOConfig` (the recipe's `grpo:` section, passed through),
+load the model with a trainable adapter (a new one, or `init_adapter`: the RecOne chain from an
+SFT adapter) and refuse a frozen one, render the prompts as `predict` does, optionally warm up
+the tag format with a few SFT steps on template traces (`warmup:`, for tiny models; not RecOne),
+then train with the reward functions of `rewards.py`, reading the true `rating` column. The
+monitor prints TRL's metrics, raises alarms and evaluates on dev with real generation every
+`grpo.eval_steps`; runs.py holds the run directory, resume and run.json rules.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recone_lite import log
+from recone_lite.config import Recipe, dump_recipe
+from recone_lite.errors import InputError
+from recone_lite.runs import RunRecord, prepare_run_dir
+from recone_lite.training import (
+    Data,
+    check_trainable,
+    cuda_available,
+    evaluate,
+    kept_history,
+    load_data,
+    load_tokenizer,
+    load_trainable,
+    make_monitor,
+    print_plan,
+    prompts_per_step,
+    render_rows,
+    run_dir_state,
+    run_trainer,
+    trainer_config,
+)
+
+
+def with_rate_metrics(
+    functions: list[Callable[..., list[float]]], template: str, scale: tuple[float, float]
+) -> list[Callable[..., list[float]]]:
+    """The reward functions, the first one also logging `format_rate` and `parse_rate` through
+    TRL's `log_metric` (what the alarms and the monitor read; the rewards are unchanged).
+
+    >>> from recone_lite.rewards import reward_functions
+    >>> logged = {}
+    >>> fns = with_rate_metrics(reward_functions(["answer"], "none"), "none", (1.0, 5.0))
+    >>> fns[0](["p", "p"], ["<rate>4</rate>", "4"], rating=[4, 4],
+    ...        log_metric=logged.__setitem__), logged, fns[0].__name__
+    ([1.0, 0.0], {'format_rate': 0.5, 'parse_rate': 0.5}, 'answer')
+    """
+    from recone_lite.rewards import completion_text, format_ok, parse_rating
+
+    first, *rest = functions
+
+    def rated(prompts: Any, completions: Any, log_metric: Any = None, **columns: Any):
+        if log_metric is not None:
+            texts = [completion_text(c) for c in completions]
+            formatted = [format_ok(t, template, scale) for t in texts]
+            parsed = [parse_rating(t, scale) is not None for t in texts]
+            log_metric("format_rate", statistics.fmean(formatted))
+            log_metric("parse_rate", statistics.fmean(parsed))
+        return first(prompts, completions, **columns)
+
+    rated.__name__ = rated.__qualname__ = first.__name__
+    return [rated, *rest]
+
+
+def prompt_rows(
+    examples: list[dict[str, Any]], tokenizer: Any, recipe: Recipe, data: Data
+) -> list[dict[str, Any]]:
+    """GRPO rows: the conversational prompt (fitted to the budget) and the true rating."""
+    return [
+        {"prompt": rendered.messages, "rating": float(example["rating"]), "id": str(example["id"])}
+        for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
+    ]
+
+
+def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float]) -> str:
+    """The template teacher's answer in the recipe's template: the four blocks for reczero
+    (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
+    for none. Always ends in the true rating.
+
+    >>> example = {"rating": 4.0, "history": [], "target": {"title": "Heat"}}
+    >>> warmup_answer(example, "none", (1.0, 5.0))
+    '<rate>4</rate>'
+    >>> from recone_lite.rewards import format_ok
+    >>> format_ok(warmup_answer(example, "think", (1.0, 5.0)), "think")
+    True
+    """
+    from recone_lite.prompts import fmt_number
+    from recone_lite.traces import template_answer
+
+    answer = template_answer(example, scale)
+    rate = f"<rate>{fmt_number(example['rating'])}</rate>"
+    if template == "none":
+        return rate
+    if template == "think":
+        notes = re.sub(r"</?(?:analyze user|analyze item|match)>", "", answer.rsplit("<rate>")[0])
+        return f"<think>\n{notes.strip()}\n</think>\n{rate}"
+    return answer
+
+
+def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
+    """A few SFT steps on template traces (minimal tagged answers ending in the true rating) so a
+    tiny model emits the tags and GRPO gets a signal. A format warm-up, not RecOne."""
+    from recone_lite.sft import fit, sft_config, sft_row
+
+    warmup, template = recipe.warmup, recipe.data.template
+    split = "coldstart" if data.splits.get("coldstart") else recipe.data.train_split
+    examples = data.splits[split][: warmup.steps * warmup.batch_size]
+    rows = [
+        sft_row(rendered.messages,
+                warmup_answer(kept_history(example, rendered), template, data.scale))
+        for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
+    ]
+    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} template traces from {split} "
+             "(format only, not RecOne)")
+    args = sft_config({"max_steps": warmup.steps, "learning_rate": warmup.learning_rate,
+                       "per_device_train_batch_size": warmup.batch_size, "save_strategy": "no",
+                       "report_to": "none", "logging_steps": max(warmup.steps // 5, 1)},
+                      recipe, out / "warmup")
+    trainer = fit(model, tokenizer, rows, args, [make_monitor(None)])
+    trainer.train()
+    shutil.rmtree(out / "warmup", ignore_errors=True)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"steps": warmup.steps, "examples": len(rows), "split": split,
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None}
+
+
+def train(
+    recipe: Recipe, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
+    recipe_name: str = "",
+) -> dict[str, Any]:
+    """The `train` command."""
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import GRPOTrainer
+
+    from recone_lite.rewards import reward_functions
+
+    if recipe.kind != "grpo":
+        raise InputError(f"this is a {recipe.kind} recipe; run it with `recone-lite {recipe.kind}`",
+                         field="kind")
+    out = Path(recipe.output_dir)
+    section = recipe.data
+    args = trainer_config("grpo", recipe.grpo, out, recipe.seed)
+    needed = section.train_limit
+    if args.max_steps and args.max_steps > 0:  # read and render only the prompts the run reaches
+        reach = args.max_steps * prompts_per_step(args)
+        needed = reach if needed is None else min(needed, reach)
+    want = {section.train_split: needed, section.eval_split: section.eval_limit}
+    if recipe.warmup and (Path(section.dir) / "coldstart.jsonl").is_file():
+        want["coldstart"] = recipe.warmup.steps * recipe.warmup.batch_size
+    data = load_data(section, want, recipe.seed)
+    examples, dev = data.splits[section.train_split], data.splits[section.eval_split]
+    reward_funcs = with_rate_metrics(
+        reward_functions(recipe.rewards, section.template, data.scale), section.template, data.scale
+    )
+    if dry_run:
+        tokenizer = load_tokenizer(recipe)
+        prompt = render_rows(examples[:1], tokenizer, section, data.scale)[0][1]
+        warm = [f"  warm-up  {recipe.warmup.steps} SFT steps x {recipe.warmup.batch_size} template "
+                "traces (format only)"] if recipe.warmup else []
+        return print_plan("grpo", recipe, args, n_train=len(examples),
+                          n_pool=data.sizes[section.train_split],
+                          n_dev=len(dev), prompt=prompt, out_state=run_dir_state(out), extra=warm)
+
+    checkpoint, previous = prepare_run_dir(out, dump_recipe(recipe), resume=resume,
+                                           overwrite=overwrite)
+    record = RunRecord(out, "grpo", recipe_name, recipe.seed, previous)
+    model, tokenizer = load_trainable(recipe)
+    trainable, total = check_trainable(model)
+    rows = prompt_rows(examples, tokenizer, recipe, data)
+    if recipe.warmup and checkpoint is None:  # a resumed run's checkpoint holds the warmed adapter
+        record.update(warmup=warm_up(model, tokenizer, recipe, data, out))
+    monitor = make_monitor(
+        record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=[monitor],
+    )
+    trainer.remove_callback(PrinterCallback)  # the monitor prints one line per log instead
+    return run_trainer(
+        trainer, monitor, record, checkpoint=checkpoint, section="grpo",
+        eval_at_start=recipe.evaluation.at_start,
+        extra={"train_prompts": len(rows), "trainable_parameters": trainable,
+               "total_parameters": total, "init_adapter": recipe.init_adapter,
+               "rewards": recipe.rewards, "cuda": cuda_available()},
+    )
