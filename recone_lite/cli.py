@@ -308,7 +308,11 @@ def predict(
         str | None, typer.Option(help="GGUF file inside the --model folder")
     ] = None,
     adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder (peft)")] = None,
-    template: Annotated[str, typer.Option(help="prompt: reczero, think or none")] = "reczero",
+    template: Annotated[
+        str | None,
+        typer.Option(help="prompt: reczero, think or none (default: an exported model's "
+                     "recone.json, else reczero)"),
+    ] = None,
     scale: Annotated[
         str | None,
         typer.Option(help="rating scale MIN,MAX (default: the input's manifest.json, else 1,5)"),
@@ -586,13 +590,14 @@ def sft(
     """SFT of a LoRA adapter on reasoning traces (RecOne's cold start); TRL's SFTTrainer.
 
     Prompts are rendered exactly as `train` and `predict` render them; the loss is on the
-    assistant's answer only. Dev MAE and format rate are measured before and after. The adapter
-    then starts GRPO: [bold]recone-lite train --recipe music-grpo --init-adapter runs/music-sft[/bold].
+    assistant's answer only. Dev MAE and format rate are measured before and after. The
+    adapter then starts GRPO (RecOne):
+    [bold]recone-lite train --recipe music-grpo --init-adapter runs/music-sft[/bold].
     Prints the run.json summary as JSON on stdout. See docs/recone.md.
 
     Examples:
       [bold]recone-lite sft --traces traces.jsonl --recipe music-sft[/bold]
-      [bold]recone-lite sft --traces traces.jsonl --recipe music-sft --out runs/music-sft --strict[/bold]
+      [bold]recone-lite sft --traces traces.jsonl --recipe music-sft --strict --dry-run[/bold]
     """
     from recone_lite.training import resolve_recipe
 
