@@ -19,6 +19,7 @@ with the same recipe); `--resume` with no checkpoint yet starts from step 0.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -92,6 +93,11 @@ def recipe_difference(saved: str, current: str) -> str | None:
     return None
 
 
+def is_main_process() -> bool:
+    """False on the other ranks of a distributed run (`accelerate launch` sets RANK)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def prepare_run_dir(
     out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
 ) -> tuple[Path | None, dict[str, Any]]:
@@ -101,6 +107,8 @@ def prepare_run_dir(
     """
     if resume and overwrite:
         raise InputError("--resume and --overwrite contradict each other; pass one")
+    if not is_main_process():  # distributed: rank 0 alone checks and writes the run folder
+        return (latest_checkpoint(out) if resume and out.is_dir() else None), {}
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", path=out)
     previous = read_run_json(out) if out.is_dir() else {}
@@ -189,6 +197,7 @@ class RunRecord:
         self.record: dict[str, Any] = {
             **previous,
             "status": "running",
+            "global_step": previous.get("global_step", 0),
             "kind": kind,
             "recipe": recipe_name,
             "started_at": previous.get("started_at") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -207,7 +216,8 @@ class RunRecord:
         self.record.update(fields)
         self.record["wall_time_s"] = round(wall, 1)
         self.record["gpu_hours"] = round(wall / 3600 * self.gpus, 4)
-        write_run_json(self.out, self.record)
+        if is_main_process():
+            write_run_json(self.out, self.record)
 
     def finish(self, **fields: Any) -> dict[str, Any]:
         self.update(status="finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields)
