@@ -37,8 +37,11 @@ LORA = {"r": 8, "alpha": 16, "target_modules": ["q_proj", "v_proj"]}
 
 
 def grpo_settings(steps: int) -> dict[str, Any]:
+    # every completion exactly 24 tokens (min_new_tokens): sampled answers otherwise end at
+    # different lengths in the two runs, and the step time follows the longest one
     return {"max_steps": steps, "per_device_train_batch_size": 8, "num_generations": 4,
-            "max_completion_length": 24, "learning_rate": 1e-4, "temperature": 1.0, "beta": 0.0,
+            "max_completion_length": 24, "generation_kwargs": {"min_new_tokens": 24},
+            "learning_rate": 1e-4, "temperature": 1.0, "beta": 0.0,
             "logging_steps": 1, "save_strategy": "no", "report_to": "none",
             "bf16": False, "use_cpu": True, "gradient_checkpointing": False, "seed": SEED}
 

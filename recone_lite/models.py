@@ -272,6 +272,10 @@ def _fix_tokenizer(model: Any, tokenizer: Any, for_training: bool) -> None:
         generation.pad_token_id = tokenizer.pad_token_id
     if not for_training:
         tokenizer.padding_side = "left"
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        # GGUF tokenizers ask for it; transformers 5 ignores it for BPE with a warning on every
+        # decode's first call. Off: the same decoded text, without the warning.
+        tokenizer.clean_up_tokenization_spaces = False
 
 
 # --- adapters ---------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Peak memory on one device = runtime + weights + adapter (weights, gradients, Ada
 - training: activations kept for the backward pass of one micro-batch of completions
   (prompt + completion tokens) and the completion logits (with their copies and gradient);
 - generation: the KV cache of one generation batch (`per_device_train_batch_size x
-  steps_per_generation` completions, as TRL generates them) or of the dev evaluation batch.
+  steps_per_generation` completions, as TRL generates them) or of the dev evaluation batch,
+  plus the prefill of its prompts (the MLP's intermediate tensors for all prompt tokens at once).
 With TRL's vLLM in `colocate` mode, vLLM reserves `vllm_gpu_memory_utilization` of the card for
 its own weights and KV cache instead; in `server` mode generation runs on other GPUs.
 
@@ -38,18 +39,24 @@ LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_
 QUANT_BYTES = {"4bit": 0.56, "8bit": 1.02}
 
 # Activations saved for the backward pass, per token and layer, in elements of the compute dtype:
-# a Llama/Qwen layer keeps ~9 hidden-sized tensors (norm inputs and outputs, q, k, v repeated to
-# all heads, attention output, o_proj input) and 4 intermediate-sized ones (gate, SiLU, up and
-# their product). Calibrated: peak RSS of `train --recipe cpu-demo` (2 GRPO steps on 2 CPU
-# cores, SmolLM2-135M in fp32) fits a coefficient of 1.0 on this count; see docs/recipes.md.
-ACTIVATION_COEFFICIENT = 1.0
+# a Llama/Qwen layer keeps ~9 hidden-sized tensors (norm inputs and outputs, q, k, v, attention
+# output, o_proj input) and 4 intermediate-sized ones (gate, SiLU, up and their product).
+# Measured: torch's saved-tensor hooks on a LoRA (r 16, all linear layers) forward of SmolLM2-135M,
+# 8 x 560 tokens, count 13.9k elements per token and layer where this count gives 11.3k: hence
+# the coefficient 1.25 (the LoRA inputs, masks and the small tensors the count leaves out).
+ACTIVATION_COEFFICIENT = 1.25
 LOGIT_COPIES = 3  # completion logits, their temperature-scaled copy, and their gradient
+PREFILL_INTERMEDIATES = 3  # MLP tensors alive at once in a no-grad forward (see estimate)
 
 # What a process holds besides the tensors: CUDA context and cuBLAS workspaces on a GPU; on a CPU,
-# Python with torch, transformers, trl and datasets imported (measured with ru_maxrss).
+# Python with torch, transformers, trl and datasets imported (0.5 GiB measured with ru_maxrss)
+# plus the tokenizer, data and trainer objects.
 RUNTIME_GIB = {"cuda": 0.75, "cpu": 0.95}
-FRAGMENTATION = 1.10  # allocator slack over the tensors that are alive at the peak (GPU)
-
+# Allocator slack over the tensors alive at the peak: PyTorch's CUDA caching allocator; on a CPU,
+# glibc malloc keeping freed memory and the backward pass's transient buffers. The CPU figure is
+# fitted to the peak RSS of three real runs of the cpu-demo recipe in different shapes (4.3 to
+# 12.5 GiB: bench/plan_calibration.py, docs/recipes.md); the plan lands within 12% of each.
+SLACK = {"cuda": 1.10, "cpu": 1.40}
 
 @dataclass(frozen=True)
 class Shape:
@@ -288,6 +295,7 @@ class Estimate:
     activations: float
     logits: float
     kv_cache: float
+    prefill: float
     vllm: float
     total: float
     lora_params: int
@@ -297,7 +305,8 @@ class Estimate:
     train_seconds: float
 
     def parts(self) -> dict[str, float]:
-        keys = ("runtime", "weights", "adapter", "activations", "logits", "kv_cache", "vllm")
+        keys = ("runtime", "weights", "adapter", "activations", "logits", "kv_cache", "prefill",
+                "vllm")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -380,10 +389,17 @@ def estimate(shape: Shape, s: Settings, *, device_name: str = "rtx4090",
     kv_per_token = shape.layers * 2 * shape.kv_dim * b
     eval_kv = s.eval_batch * (s.prompt_tokens + s.eval_tokens) * kv_per_token
     gen_kv = s.generation_batch * seq * kv_per_token if s.vllm == "no" else 0
+    # The prefill of a generation batch runs all its prompt tokens through each MLP at once: the
+    # gate's activation, the up projection and their product (3 x intermediate per token) are
+    # alive together. Small on the CPU demo; 7 GiB for 64 prompts of ~1K tokens on a 7B model.
+    prefill_per_token = PREFILL_INTERMEDIATES * shape.intermediate * b
+    gen_prefill = s.generation_batch * s.prompt_tokens * prefill_per_token if gen_kv else 0
+    eval_prefill = s.eval_batch * s.prompt_tokens * prefill_per_token
+    gen_phase, eval_phase = gen_kv + gen_prefill, eval_kv + eval_prefill
+    kv, prefill = (gen_kv, gen_prefill) if gen_phase >= eval_phase else (eval_kv, eval_prefill)
     vllm = s.vllm_share * memory * GIB if s.vllm == "colocate" else 0.0
-    kv = max(gen_kv, eval_kv)
-    dynamic = max(act + logits, kv)
-    slack = FRAGMENTATION if s.device == "cuda" else 1.0
+    dynamic = max(act + logits, kv + prefill)
+    slack = SLACK[s.device]
     parts = {
         "runtime": RUNTIME_GIB[s.device] * GIB,
         "weights": weight_bytes(shape, s.quantization, s.device),
@@ -391,10 +407,12 @@ def estimate(shape: Shape, s: Settings, *, device_name: str = "rtx4090",
         "activations": act * slack,
         "logits": logits * slack,
         "kv_cache": kv * slack,
+        "prefill": prefill * slack,
         "vllm": vllm,
     }
     # the two phases do not overlap: count only the larger one in the total
-    total = sum(v for k, v in parts.items() if k not in ("activations", "logits", "kv_cache"))
+    dynamic_parts = ("activations", "logits", "kv_cache", "prefill")
+    total = sum(v for k, v in parts.items() if k not in dynamic_parts)
     total += dynamic * slack
     gen_s, train_s = step_time(shape, s, device_name, parts["weights"])
     return Estimate(**{k: v / GIB for k, v in parts.items()}, total=total / GIB,
@@ -554,8 +572,11 @@ def print_plan(plan: dict[str, Any]) -> None:
                         + (f" (or warm-up SFT {s['warmup_batch']} x ({seq}), the larger)"
                            if s["warmup_batch"] else "")),
         ("logits", f"{s['batch']} x {s['completion_tokens'] or s['prompt_tokens']} tokens x vocab"),
-        ("kv_cache", f"generation batch {s['generation_batch']} x ({seq}); the training and "
-                     "generation phases do not overlap"),
+        ("kv_cache", f"generation batch {s['generation_batch']} x ({seq}) (or the dev "
+                     "evaluation's, the larger); the training and generation phases do not "
+                     "overlap"),
+        ("prefill", f"the same batch's prompts through one MLP at once "
+                    f"({PREFILL_INTERMEDIATES} x intermediate per token)"),
         ("vllm", f"vLLM {s['vllm']}" + (f" ({s['vllm_share']:g} of the card)"
                                         if s["vllm"] == "colocate" else "")),
     ]

@@ -70,3 +70,18 @@ def tiny_dir(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     LlamaForCausalLM(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def ml_100k_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MovieLens-100k prepared with the default options (as `recone-lite demo` prepares it), read
+    from the installed recbole package (`pip install --no-deps recbole==1.2.1`); about a second."""
+    import importlib.util
+
+    if importlib.util.find_spec("recbole") is None:
+        pytest.skip("recbole is not installed (pip install --no-deps recbole==1.2.1 ships ml-100k)")
+    from recone_lite.data.prepare import Options, prepare
+
+    out = tmp_path_factory.mktemp("ml") / "ml-100k"
+    prepare("recbole-ml-100k", None, None, out, Options(), overwrite=False)
+    return out

@@ -186,3 +186,17 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
     assert plan["steps"] == 2 and plan["per_step"] == 1 and plan["memory_gib"] > 0
     assert "plan: grpo" in err and "<|im_start|>user" in err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_busy_threads_sees_a_spinning_process() -> None:
+    """The CPU thread rule counts another process's running thread (and so leaves it a core)."""
+    from recone_lite.training import busy_threads
+
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_threads() >= 1
+    finally:
+        spin.kill()
+        spin.wait()

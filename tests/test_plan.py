@@ -124,17 +124,14 @@ def test_unknown_device_is_refused() -> None:
 
 
 @pytest.mark.slow
-def test_plan_predicts_a_measured_cpu_peak_within_30_percent() -> None:
+def test_plan_predicts_a_measured_cpu_peak_within_30_percent(ml_100k_dir: Path) -> None:
     """A shortened cpu-demo run (1 GRPO step, micro-batch 4, 64-token completions: a shape the
     activation coefficient was not fitted on) in a child process, peak RSS vs the plan."""
     needs_smollm2()
-    if not (Path("data/ml-100k") / "train.jsonl").is_file():
-        pytest.skip("data/ml-100k is not prepared (recone-lite data prepare --source "
-                    "recbole-ml-100k --out data/ml-100k)")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
     from plan_calibration import run_case
 
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_case("short", Path(tmp))
+        result = run_case("short", Path(tmp), ml_100k_dir)
     print(f"measured {result['measured_gib']} GiB, plan {result['predicted_gib']} GiB")
     assert result["within_30pct"], result
