@@ -53,41 +53,22 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# Qwen2.5-*-Instruct shapes (vocab comes from the tokenizer).
+from recone_lite.plan import SHAPES as PLAN_SHAPES  # noqa: E402 (after the path)
+from recone_lite.plan import Shape  # noqa: E402
+
+
+def qwen_config(shape: Shape) -> dict[str, Any]:
+    """transformers config fields of a planner shape (the vocabulary comes from the tokenizer)."""
+    return dict(hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+                num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                intermediate_size=shape.intermediate, tie_word_embeddings=shape.tied)
+
+
+# Qwen2.5-*-Instruct shapes, from the planner's table (one source for both), and a tiny one.
 SHAPES: dict[str, dict[str, Any]] = {
-    "7b": dict(
-        hidden_size=3584,
-        num_hidden_layers=28,
-        num_attention_heads=28,
-        num_key_value_heads=4,
-        intermediate_size=18944,
-        tie_word_embeddings=False,
-    ),
-    "3b": dict(
-        hidden_size=2048,
-        num_hidden_layers=36,
-        num_attention_heads=16,
-        num_key_value_heads=2,
-        intermediate_size=11008,
-        tie_word_embeddings=True,
-    ),
-    "1.5b": dict(
-        hidden_size=1536,
-        num_hidden_layers=28,
-        num_attention_heads=12,
-        num_key_value_heads=2,
-        intermediate_size=8960,
-        tie_word_embeddings=True,
-    ),
-    "tiny": dict(
-        hidden_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=512,
-        tie_word_embeddings=False,
-    ),
+    size: qwen_config(PLAN_SHAPES[f"qwen2.5-{size}-instruct"]) for size in ("7b", "3b", "1.5b")
 }
+SHAPES["tiny"] = qwen_config(Shape(4, 256, 4, 2, 512, 0, tied=False))
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GIB = 1024**3
 

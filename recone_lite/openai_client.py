@@ -190,33 +190,6 @@ def _message(err: BaseException) -> str:
     return text[:300]
 
 
-def chat_completions(
-    requests: list[list[dict[str, Any]]],
-    *,
-    base_url: str,
-    model: str,
-    api_key_env: str | None = "OPENAI_API_KEY",
-    concurrency: int = 8,
-    max_retries: int = 4,
-    temperature: float = 0.0,
-    max_tokens: int | None = 512,
-    timeout: float = 600.0,
-    seed: int | None = None,
-    extra_body: dict[str, Any] | None = None,
-) -> list[ChatResult]:
-    """All results of `stream_chat_completions` as a list, in request order."""
-    return list(
-        stream_chat_completions(
-            requests,
-            base_url=base_url,
-            model=model,
-            api_key_env=api_key_env,
-            concurrency=concurrency,
-            max_retries=max_retries,
-            temperature=temperature,
-            max_tokens=max_tokens,
-            timeout=timeout,
-            seed=seed,
-            extra_body=extra_body,
-        )
-    )
+def chat_completions(requests: list[list[dict[str, Any]]], **options: Any) -> list[ChatResult]:
+    """All results of `stream_chat_completions` (same keyword options) as a list, in order."""
+    return list(stream_chat_completions(requests, **options))

@@ -393,7 +393,7 @@ def estimate(shape: Shape, s: Settings, *, device_name: str = "rtx4090",
     # gate's activation, the up projection and their product (3 x intermediate per token) are
     # alive together. Small on the CPU demo; 7 GiB for 64 prompts of ~1K tokens on a 7B model.
     prefill_per_token = PREFILL_INTERMEDIATES * shape.intermediate * b
-    gen_prefill = s.generation_batch * s.prompt_tokens * prefill_per_token if gen_kv else 0
+    gen_prefill = s.generation_batch * s.prompt_tokens * prefill_per_token if s.vllm == "no" else 0
     eval_prefill = s.eval_batch * s.prompt_tokens * prefill_per_token
     gen_phase, eval_phase = gen_kv + gen_prefill, eval_kv + eval_prefill
     kv, prefill = (gen_kv, gen_prefill) if gen_phase >= eval_phase else (eval_kv, eval_prefill)
