@@ -63,6 +63,11 @@ def data_prepare(
         min=0, help="most recent earlier interactions kept as each example's history")] = 10,
     review_chars: Annotated[int, typer.Option(
         min=0, help="review text is cut to this many characters")] = 300,
+    item_history: Annotated[int, typer.Option(
+        min=0, help="the target item's most recent earlier train ratings by other users, kept "
+        "as each example's item_history (0: none)")] = 5,
+    item_review_chars: Annotated[int, typer.Option(
+        min=0, help="item_history review text is cut to this many characters")] = 120,
     coldstart: Annotated[int, typer.Option(
         min=0, help="size of the cold-start pool, drawn from the train targets")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the cold-start draw")] = 0,
@@ -87,6 +92,8 @@ def data_prepare(
 
     Per user, by time: last -> test, second to last -> dev, earlier -> train.
     History = the user's train interactions strictly before the target, never a dev/test target.
+    Item history and stats follow the same rule: the target item's earlier train interactions by
+    other users, and user / item / global mean ratings and counts.
     Prints the manifest's counts as JSON on stdout. Formats and split: docs/data.md.
 
     Examples:
@@ -100,7 +107,8 @@ def data_prepare(
     from recone_lite.jsonl import dumps
 
     options = Options(
-        k_core=k_core, history=history, review_chars=review_chars, coldstart=coldstart, seed=seed,
+        k_core=k_core, history=history, review_chars=review_chars, item_history=item_history,
+        item_review_chars=item_review_chars, coldstart=coldstart, seed=seed,
         time_cutoff=parse_time_cutoff(time_cutoff) if time_cutoff else None,
         min_history=min_history, rating_scale=parse_scale(rating_scale) if rating_scale else None,
         salvage=salvage, skip_bad=skip_bad, allow_pickle=allow_pickle)
@@ -184,15 +192,17 @@ def recipes_validate(
     paths: Annotated[list[str], typer.Argument(help="recipe files or names to check")],
 ) -> None:
     """Check recipes without running them; exit 2 naming the file and key of the first error.
+    Key names and value types are checked against TRL's config of the installed version, and
+    every tracking integration in report_to is imported.
 
     Examples:
       [bold]recone-lite recipes validate my-recipe.yaml[/bold]
       [bold]recone-lite recipes validate recipes/*.yaml[/bold]
     """
-    from recone_lite.config import load_recipe
+    from recone_lite.config import check_report_to, load_recipe, resolve_recipe_path
 
     for path in paths:
-        load_recipe(path)
+        check_report_to(load_recipe(path), resolve_recipe_path(path))
         typer.echo(f"ok\t{path}", err=True)
 
 
@@ -207,7 +217,7 @@ def baselines(
     splits: Annotated[str, typer.Option(help="comma-separated splits to score")] = "dev,test",
     seed: Annotated[int, typer.Option(help="seed of the MF baseline")] = 0,
 ) -> None:
-    """Fit global/user/item mean and biased MF on train; print their MAE/RMSE on dev and test.
+    """Fit global/user/item mean, biases and biased MF on train; print MAE/RMSE on dev and test.
 
     Table on stderr, JSON on stdout. Fitted on train targets and train histories only.
 
@@ -229,22 +239,30 @@ def eval_(
     ],
     split: Annotated[str, typer.Option(help="split the predictions are for")] = "test",
     strict: Annotated[
-        bool, typer.Option(help="missing, extra or duplicate ids are errors (exit 2)")
+        bool, typer.Option(help="missing (unless --subset), extra, duplicate ids and wrong "
+                           "truths are errors (exit 2)")
+    ] = False,
+    subset: Annotated[
+        bool, typer.Option(help="score only the examples that have a prediction (a part of the "
+                           "split on purpose); the report says 'subset: N of M'")
     ] = False,
 ) -> None:
     """Score predictions against a split beside the baselines: coverage, MAE, RMSE, MAE with
     failures (an unparsable answer scored as the global mean), MAE per true rating.
 
-    Table on stderr, JSON summary on stdout.
+    An example of the split without a prediction counts as a failure (lower coverage); --subset
+    scores only the predicted examples instead. Table on stderr, JSON summary on stdout.
 
     Examples:
       [bold]recone-lite eval --data data/music --predictions ratings.jsonl[/bold]
       [bold]recone-lite eval --data data/music --predictions dev.jsonl --split dev --strict[/bold]
+      [bold]head -n 200 data/music/test.jsonl | recone-lite predict --model M > p.jsonl[/bold]
+      [bold]recone-lite eval --data data/music --predictions p.jsonl --subset[/bold]
     """
     from recone_lite.evaluate import evaluate, print_report
     from recone_lite.jsonl import dumps
 
-    report = evaluate(data, predictions, split, strict)
+    report = evaluate(data, predictions, split, strict, subset)
     print_report(report)
     typer.echo(dumps(report))
 
@@ -292,12 +310,13 @@ def data_show(
 @app.command()
 def predict(
     model: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="hub id, model folder or .gguf file; with --backend openai, the served model "
-            "or adapter name"
+            "or adapter name [default: the base model recorded in the --adapter run folder]",
+            show_default=False,
         ),
-    ],
+    ] = None,
     input: Annotated[
         str,
         typer.Argument(
@@ -307,22 +326,25 @@ def predict(
     gguf_file: Annotated[
         str | None, typer.Option(help="GGUF file inside the --model folder")
     ] = None,
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder (peft)")] = None,
+    adapter: Annotated[str | None, typer.Option(
+        help="LoRA adapter folder (peft); a `train` / `sft` run folder also gives the defaults "
+        "of --model, --template, --max-prompt-tokens, --scale and --readout")] = None,
     template: Annotated[
         str | None,
-        typer.Option(help="prompt: reczero, think or none (default: an exported model's "
-                     "recone.json, else reczero)"),
+        typer.Option(help="prompt: reczero, think or none (default: the adapter run's "
+                     "data.template, else an exported model's recone.json, else reczero)"),
     ] = None,
     scale: Annotated[
         str | None,
-        typer.Option(help="rating scale MIN,MAX (default: the input's manifest.json, else 1,5)"),
+        typer.Option(help="rating scale MIN,MAX (default: the input's manifest.json, else the "
+                     "adapter run's data, else an exported model's recone.json, else 1,5)"),
     ] = None,
     max_prompt_tokens: Annotated[
         int | None,
         typer.Option(
             min=1,
-            help="prompt budget, oldest history dropped first (default: max length - max new "
-            "tokens)",
+            help="prompt budget, oldest history dropped first (default: the adapter run's "
+            "data.max_prompt_tokens, else max length - max new tokens)",
         ),
     ] = None,
     batch_size: Annotated[
@@ -353,16 +375,45 @@ def predict(
     trust_remote_code: Annotated[
         bool, typer.Option(help="run the model repository's own code (only models you trust)")
     ] = False,
+    readout: Annotated[
+        str | None,
+        typer.Option(help="text: the number written in <rate>; expected: the mean of the model's "
+                     "distribution over the rating tokens after <rate> (hf backend; default: "
+                     "the adapter run's evaluation.readout, else text)"),
+    ] = None,
+    item_history: Annotated[
+        int | None,
+        typer.Option(min=0, help="show the target's newest N earlier ratings by other users "
+                     "(default: the adapter run's data.item_history, else 5; 0: none)"),
+    ] = None,
+    stats: Annotated[
+        bool | None,
+        typer.Option("--stats/--no-stats", help="show the rating-statistics line (default: the "
+                     "adapter run's data.stats, else shown)"),
+    ] = None,
+    system: Annotated[
+        str | None,
+        typer.Option(help="system prompt: full or compact (default: the adapter run's "
+                     "data.system, else full)"),
+    ] = None,
+    max_history: Annotated[
+        int | None,
+        typer.Option(min=1, help="show at most the newest N history items (default: the "
+                     "adapter run's data.max_history, else all that fit)"),
+    ] = None,
 ) -> None:
     """Predict ratings: JSONL requests in, one JSON line per request out, in input order,
-    {id, rating, ok, completion, tokens} (+ truth; ratings and spread with --samples).
+    {id, rating, ok, completion, tokens} (+ truth; ratings and spread with --samples; probs,
+    text_rating and forced with --readout expected).
 
     Examples:
       [bold]recone-lite predict data/music/test.jsonl --model M --adapter A --out p.jsonl[/bold]
+      [bold]cat requests.jsonl | recone-lite predict --adapter runs/music-grpo[/bold]
       [bold]recone-lite predict data/music/test.jsonl --model M --out p.jsonl --resume[/bold]
       [bold]head -n 5 test.jsonl | recone-lite predict --model SmolLM2.gguf | jq .rating[/bold]
       [bold]recone-lite predict t.jsonl --temperature 1 --samples 5 --model M[/bold]
       [bold]recone-lite predict t.jsonl --backend openai --base-url URL --model LORA_NAME[/bold]
+      [bold]recone-lite predict t.jsonl --model M --adapter A --readout expected[/bold]
     """
     from recone_lite.predict import predict as run_predict
 
@@ -388,6 +439,9 @@ def predict(
         api_key_env=api_key_env,
         concurrency=concurrency,
         trust_remote_code=trust_remote_code,
+        readout=readout,
+        prompt={"item_history": item_history, "stats": stats, "system": system,
+                "max_history": max_history},
         dtype=dtype,
         quantization=quantization,
     )
@@ -576,7 +630,9 @@ def train(
 @app.command()
 def sft(
     traces: Annotated[Path, typer.Option(help="trace file (JSONL) from `recone-lite traces`")],
-    recipe: RecipeName,
+    recipe: Annotated[str | None, typer.Option(
+        help="packaged recipe name or a YAML file [default: the SFT recipe whose data.dir the "
+        "traces come from, else music-sft]")] = None,
     overrides: Overrides = None,
     out: OutDir = None,
     strict: Annotated[bool, typer.Option(
@@ -595,12 +651,22 @@ def sft(
     [bold]recone-lite train --recipe music-grpo --init-adapter runs/music-sft[/bold].
     Prints the run.json summary as JSON on stdout. See docs/recone.md.
 
+    Without --recipe, the packaged SFT recipe whose data.dir is the prepared folder the traces
+    were made from (`traces make` records it) is used, else music-sft; stderr says which.
+
     Examples:
-      [bold]recone-lite sft --traces traces.jsonl --recipe music-sft[/bold]
+      [bold]recone-lite sft --traces traces.jsonl[/bold]
       [bold]recone-lite sft --traces traces.jsonl --recipe music-sft --strict --dry-run[/bold]
     """
+    from recone_lite.log import info
     from recone_lite.training import resolve_recipe
 
+    if recipe is None:
+        from recone_lite.sft import pick_recipe
+
+        recipe, picked, why = pick_recipe(traces)
+        overrides = [*picked, *(overrides or [])]  # the command line's overrides still win
+        info(f"sft: no --recipe given; using {recipe} ({why})")
     spec = resolve_recipe(recipe, overrides, out, init_adapter)
     from recone_lite import sft as sft_module
     from recone_lite.jsonl import dumps

@@ -2,8 +2,9 @@
 
 A recipe names a model, a prepared data set, a LoRA adapter, the rewards and the trainer's own
 settings. The `grpo:` and `sft:` sections are passed to TRL's `GRPOConfig` / `SFTConfig` as they
-are (we do not re-invent TRL's knobs); their keys are checked against those dataclasses' fields,
-so a misspelt key is an error there too. `extends: NAME` starts from another recipe.
+are (we do not re-invent TRL's knobs); their keys are checked against those dataclasses' fields
+and their values against the fields' types, so a misspelt key or a wrong value is an error at
+load time too, not after the model has loaded. `extends: NAME` starts from another recipe.
 """
 
 from __future__ import annotations
@@ -11,12 +12,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import functools
+import importlib
 import importlib.resources
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from recone_lite.errors import InputError
 from recone_lite.launch import LaunchSection
@@ -37,6 +48,18 @@ class DataSection(Strict):
     eval_split: str = "dev"
     train_limit: int | None = Field(None, gt=0, description="use at most this many train examples")
     eval_limit: int | None = Field(64, gt=0, description="dev examples per evaluation")
+    max_history: int | None = Field(
+        None, gt=0, description="show at most the newest N history items (the budget may cut more)"
+    )
+    item_history: int = Field(
+        5, ge=0, description="show the target item's newest N earlier ratings by other users "
+        "(prepared as `item_history`; 0: none, the paper's plain prompt)")
+    stats: bool = Field(
+        True, description="show one line of rating statistics (user, item and global means, "
+        "prepared as `stats`); false: the paper's plain prompt")
+    system: Literal["full", "compact"] = Field(
+        "full", description="the system prompt: `full` spells each step out (the paper's); "
+        "`compact` says the same in ~1/4 of the tokens, for small models and short budgets")
 
 
 class LoraSection(Strict):
@@ -47,15 +70,21 @@ class LoraSection(Strict):
 
 
 class WarmupSection(Strict):
-    """A few SFT steps on template traces that teach a tiny model the tag format (not RecOne)."""
+    """SFT steps before GRPO on offline traces (no teacher model): `template` traces teach a
+    tiny model the tag format; `evidence` traces (traces.evidence_answer) also reason from the
+    prompt's evidence to the true rating, a rationalized warm-up. Neither is RecOne."""
 
     steps: int = Field(20, gt=0)
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(4, gt=0)
+    teacher: Literal["template", "evidence"] = "template"
 
 
 class EvalSection(Strict):
     max_new_tokens: int = Field(256, gt=0)
+    readout: Literal["text", "expected"] = Field(
+        "text", description="`text`: the number written in <rate>; `expected`: the mean of the "
+        "model's distribution over the scale's rating tokens right after <rate> (readout.py)")
     batch_size: int = Field(8, gt=0)
     at_start: bool = Field(True, description="evaluate on dev before training too (GRPO)")
 
@@ -81,20 +110,129 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _trainer_keys_exist(self) -> Recipe:
+        """Each `grpo:` / `sft:` key is a field of TRL's config and its value fits the field's
+        type, so `grpo.learning_rate=abc` fails here, not in the trainer after the model loads.
+        A number or boolean written as a string (YAML 1.1 reads `1e-5` as one) is converted."""
         for section in ("grpo", "sft"):
-            unknown = sorted(set(getattr(self, section)) - trainer_fields(section))
+            values = getattr(self, section)
+            unknown = sorted(set(values) - trainer_fields(section))
             if unknown:
                 hint = _suggest(unknown[0], section)
                 raise ValueError(f"{section}.{unknown[0]}: unknown key{hint}")
+            for key, value in values.items():
+                values[key] = check_trainer_value(section, key, value)
         return self
 
 
 def trainer_fields(section: str) -> set[str]:
     """Field names of TRL's GRPOConfig / SFTConfig (imports trl, so only on validation)."""
+    return set(_trainer_types(section)) - {"output_dir"}
+
+
+@functools.cache
+def _trainer_types(section: str) -> dict[str, Any]:
+    """`{field: type annotation}` of TRL's GRPOConfig / SFTConfig, resolved from the dataclass
+    (TRL declares them as strings: `from __future__ import annotations`)."""
     import trl
 
     config = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
-    return {f.name for f in dataclasses.fields(config)} - {"output_dir"}
+    hints = typing.get_type_hints(config)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config)}
+
+
+@functools.cache
+def _type_adapter(section: str, key: str) -> TypeAdapter | None:
+    try:
+        return TypeAdapter(_trainer_types(section)[key],
+                           config=ConfigDict(arbitrary_types_allowed=True))
+    except Exception:  # a type pydantic cannot check (none in TRL 1.14.2): TRL checks it
+        return None
+
+
+def check_trainer_value(section: str, key: str, value: Any) -> Any:
+    """`value` checked against the type of TRL's `section` config field `key`; a ValueError
+    names `section.key`. Returns the value, a string converted when it spells a number or bool.
+
+    >>> check_trainer_value("grpo", "learning_rate", "1e-5"), check_trainer_value("grpo",
+    ...     "save_steps", 25), check_trainer_value("sft", "lr_scheduler_type", "cosine")
+    (1e-05, 25, 'cosine')
+    >>> check_trainer_value("grpo", "learning_rate", "abc")
+    Traceback (most recent call last):
+    ...
+    ValueError: grpo.learning_rate: Input should be a valid number, unable to parse string as a \
+number (got 'abc')
+    """
+    adapter = _type_adapter(section, key)
+    if adapter is None:
+        return value
+    try:
+        checked = adapter.validate_python(value)
+    except ValidationError as err:
+        # a union (`str | list[str]`) reports one error per member: the deepest is the one that
+        # came closest (a list with a bad item); member names in `loc` are dropped, indices kept
+        first = max(err.errors(), key=lambda e: len(e["loc"]))
+        where = "".join(f"[{p}]" for p in first["loc"] if isinstance(p, int))
+        raise ValueError(f"{section}.{key}{where}: {first['msg']} (got {value!r})") from None
+    converted = isinstance(value, str) and type(checked) in (int, float, bool)
+    return checked if converted else value
+
+
+# `report_to` names transformers' tracking integrations; the Trainer imports each one only after
+# the model has loaded. Integration -> (module its callback imports, PyPI package, extra or None).
+INTEGRATIONS = {
+    "tensorboard": ("torch.utils.tensorboard", "tensorboard", "track"),
+    "trackio": ("trackio", "trackio", None),
+    "wandb": ("wandb", "wandb", None),
+    "mlflow": ("mlflow", "mlflow", None),
+    "comet_ml": ("comet_ml", "comet-ml", None),
+    "neptune": ("neptune", "neptune", None),
+    "clearml": ("clearml", "clearml", None),
+    "codecarbon": ("codecarbon", "codecarbon", None),
+    "dagshub": ("dagshub", "dagshub", None),
+    "dvclive": ("dvclive", "dvclive", None),
+    "swanlab": ("swanlab", "swanlab", None),
+    "azure_ml": ("azureml.core", "azureml-core", None),
+    "flyte": ("flytekit", "flytekit", None),
+    "kubeflow": ("kubeflow", "kubeflow", None),
+}
+
+
+def report_to_names(value: Any) -> list[str]:
+    """The integrations a `report_to` value names (`none` and `all` name none that can be missing:
+    `all` means the installed ones).
+
+    >>> report_to_names("tensorboard"), report_to_names(["wandb", "none"]), report_to_names(None)
+    (['tensorboard'], ['wandb'], [])
+    """
+    names = [value] if isinstance(value, str) else list(value or [])
+    return [str(n) for n in names if n not in ("none", "all")]
+
+
+def check_report_to(recipe: Recipe, path: str | Path | None = None) -> None:
+    """`check_integrations` for the recipe's own trainer section (`recipes validate`)."""
+    check_integrations(recipe.kind, getattr(recipe, recipe.kind).get("report_to"), path)
+
+
+def check_integrations(section: str, report_to: Any, path: str | Path | None = None) -> None:
+    """Import every tracking integration `report_to` names, as the trainer would after the model
+    has loaded; a missing one is one InputError naming the package and how to install it.
+    `recipes validate` and `training.trainer_config` (train, sft, their --dry-run) call it."""
+    field = f"{section}.report_to"
+    for name in report_to_names(report_to):
+        if name not in INTEGRATIONS:
+            raise InputError(f"unknown integration {name!r}; known: none, all, "
+                             f"{', '.join(INTEGRATIONS)}", path=path, field=field)
+        module, package, extra = INTEGRATIONS[name]
+        how = f"pip install 'recone-lite[{extra}]'" if extra else f"pip install {package}"
+        try:
+            importlib.import_module(module)
+        except ImportError:  # torch.utils.tensorboard raises a plain ImportError without it
+            raise InputError(f"{name} needs the {package} package, which is not installed "
+                             f"({how}; or set {field}=none)", path=path, field=field) from None
+        except Exception as err:  # installed but broken (a version clash)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InputError(f"{name}: importing {module} failed ({first}); reinstall with "
+                             f"{how}, or set {field}=none", path=path, field=field) from None
 
 
 def _suggest(key: str, section: str) -> str:

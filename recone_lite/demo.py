@@ -75,7 +75,7 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
     )
 
     log.info("demo 4/4: evaluating against the baselines on the same test examples")
-    report = evaluate(data, predictions, "test", False)
+    report = evaluate(data, predictions, "test", subset=True)  # the first test_limit examples
     print_report(report)
     curve = reward_curve(out)
     minutes = (time.monotonic() - started) / 60

@@ -5,10 +5,14 @@ A null rating is a failure (no parsable answer): it lowers coverage and is score
 mean in "MAE with failures"; it is never dropped silently and never an exact guess. Ratings
 outside the scale are clipped and counted.
 
-Missing ids (examples without a prediction), extra ids (predictions for no example of the split)
-duplicate ids (the first line counts) and a `truth` field that disagrees with the split are
-reported; the metrics cover the examples that have a prediction, and the baselines are scored
-on exactly those examples. With `strict`, any of these is an error (exit 2).
+An example of the split without a prediction (a missing id) is a failure too: it lowers coverage
+and is priced as the global mean, so a run that answered 10 of 943 examples cannot report full
+coverage. Scoring part of a split on purpose is `subset`: then the metrics and the baselines
+cover exactly the examples that have a prediction, and the report says "subset: N of M".
+
+Missing ids, extra ids (predictions for no example of the split), duplicate ids (the first line
+counts) and a `truth` field that disagrees with the split are reported; with `strict`, any of
+these is an error (exit 2), missing ids excepted under `subset`.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from recone_lite.baselines import (
 )
 from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
-from recone_lite.log import warn
+from recone_lite.log import info, warn
 from recone_lite.metrics import fmt_metric, summarize
 from recone_lite.prepared import read_scale, read_split
 
 
 def read_predictions(path: str | Path) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """`{id: line}` (first line per id wins) and the duplicate ids; a bad line raises InputError."""
-    stream = sys.stdin if str(path) == "-" else None
+    stream = sys.stdin.buffer if str(path) == "-" else None  # bytes: a bad one names its line
     rows: dict[str, dict[str, Any]] = {}
     duplicates: list[str] = []
     for line, row in read_jsonl(path, stream):
@@ -66,9 +70,12 @@ def _listed(ids: list[str], limit: int = 5) -> str:
 
 
 def evaluate(
-    data_dir: str | Path, predictions_path: str | Path, split: str = "test", strict: bool = False
+    data_dir: str | Path, predictions_path: str | Path, split: str = "test", strict: bool = False,
+    subset: bool = False,
 ) -> dict[str, Any]:
-    """Score predictions on DIR/<split>.jsonl and the baselines on the same examples."""
+    """Score predictions on DIR/<split>.jsonl and the baselines on the same examples: every
+    example of the split (a missing prediction is a failure), or with `subset` only those that
+    have a prediction."""
     scale = read_scale(data_dir)
     examples = read_split(data_dir, split)
     rows, duplicates = read_predictions(predictions_path)
@@ -83,32 +90,40 @@ def evaluate(
         and float(row["truth"]) != float(by_id[key]["rating"])
     ]
     problems = [
-        (missing, f"examples of split {split!r} have no prediction"),
-        (extra, f"predictions match no example of split {split!r}"),
-        (duplicates, "ids appear more than once (the first line counts)"),
-        (mismatched, f"predictions carry a 'truth' that differs from split {split!r}"),
+        ([] if subset else missing, f"examples of split {split!r} have no prediction",
+         " (counted as failures; --subset scores only the examples with a prediction)"),
+        (extra, f"predictions match no example of split {split!r}", ""),
+        (duplicates, "ids appear more than once (the first line counts)", ""),
+        (mismatched, f"predictions carry a 'truth' that differs from split {split!r}", ""),
     ]
-    messages = [f"{len(ids)} {what}: {_listed(ids)}" for ids, what in problems if ids]
-    if strict and messages:
-        raise InputError("; ".join(messages) + " (--strict)", path=predictions_path)
-    for message in messages:
-        warn(message)
+    found = [(f"{len(ids)} {what}: {_listed(ids)}", note) for ids, what, note in problems if ids]
+    if strict and found:
+        raise InputError("; ".join(m for m, _ in found) + " (--strict)", path=predictions_path)
+    for message, note in found:
+        warn(message + note)
     matched = [e for e in examples if str(e["id"]) in rows]
     if not matched:
         raise InputError(
             f"no prediction matches an example of split {split!r}", path=predictions_path
         )
-    truths = [float(e["rating"]) for e in matched]
-    predictions = [rows[str(e["id"])]["rating"] for e in matched]
+    scored = matched if subset else examples
+    if subset:
+        info(f"subset: {len(matched)} of {len(examples)} examples of split {split!r} have a "
+             "prediction and are scored (--subset: the others are left out, not failures)")
+    truths = [float(e["rating"]) for e in scored]
+    lines = [rows.get(str(e["id"])) for e in scored]
+    predictions = [None if line is None else line["rating"] for line in lines]
     fitted, fit = fit_on_train(data_dir)
     fallback = fit["global_mean"]
-    ok = [rows[str(e["id"])].get("ok") for e in matched]
+    ok = [None if line is None else line.get("ok") for line in lines]
     return {
         "split": split,
         "predictions": str(predictions_path),
         "scale": list(scale),
         "examples": len(examples),
         "matched": len(matched),
+        "scored": len(scored),
+        "subset": f"{len(matched)} of {len(examples)}" if subset else None,
         "missing": len(missing),
         "extra": len(extra),
         "duplicates": len(duplicates),
@@ -119,7 +134,7 @@ def evaluate(
         "model": summarize(predictions, truths, scale, fallback),
         "baselines": {
             name: summarize(values, truths, scale, fallback)
-            for name, values in baseline_predictions(fitted, matched).items()
+            for name, values in baseline_predictions(fitted, scored).items()
         },
         "baselines_fit": fit,
     }
@@ -132,9 +147,13 @@ def print_report(report: dict[str, Any]) -> None:
     from recone_lite.log import console
 
     model = report["model"]
+    if report.get("subset"):
+        title = f"{report['split']}, subset: {report['subset']} examples (those with a prediction)"
+    else:
+        title = (f"{report['split']}: {report['examples']} examples, {report['matched']} with a "
+                 "prediction (the others count as failures)")
     table = Table(
-        title=f"{report['split']}: {report['matched']} of {report['examples']} examples "
-        f"with a prediction",
+        title=title,
         caption=f"MAE w/ failures scores each unparsable answer as the global mean "
         f"({model['failures_scored_as']['prediction']}); lower is better",
     )

@@ -107,6 +107,13 @@ class Source:
         folder, gguf = self.base.source()
         return str(Path(folder) / gguf) if gguf else self.base.name
 
+    @property
+    def base_path(self) -> str:
+        """`base_name` as an adapter records it: a local folder or file as an absolute path (a
+        server started elsewhere finds it), a hub id as it is."""
+        local = Path(self.base_name).expanduser()
+        return str(local.resolve()) if local.exists() else self.base_name
+
 
 def resolve_source(
     adapter: str | Path,
@@ -206,18 +213,21 @@ def check_output(path: Path, *, overwrite: bool, is_file: bool, keep: list[Path]
         raise InputError(f"exists and is not a {'file' if is_file else 'folder'}", path=path)
 
 
-def skeleton(spec: ModelSpec) -> Any | None:
+def skeleton(spec: ModelSpec, read_gguf: bool = False) -> Any | None:
     """The base's modules on the meta device, from its config alone (cheap: no weights), for
-    the checks before loading. None for a GGUF base, whose config costs a full read of the file,
-    and for an architecture that cannot be built here (the checks then run after loading)."""
+    the checks before loading. None for a GGUF base, whose config costs a full read of the file
+    (unless `read_gguf`: `--adapter-only` loads no base, so this is its only check), and for an
+    architecture that cannot be built here (the checks then run after loading)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder, gguf = spec.source()
-    if gguf is not None:
+    if gguf is not None and not read_gguf:
         return None
+    options = {"gguf_file": gguf} if gguf is not None else {}
     try:
-        config = AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code)
+        config = AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code,
+                                            **options)
     except (OSError, ValueError) as err:
         raise InputError(f"cannot read the config of {spec.name}: {_first_line(err)}",
                          field="base") from None
@@ -741,7 +751,7 @@ def write_adapter_only(source: Source, out: Path, verify: bool) -> dict[str, Any
         log.warn(f"the recorded base {source.base_name} is a GGUF file: vLLM needs the same "
                  "model as a Hugging Face folder or hub id (--base names it)")
     check_disk(out, sum(t.numel() * t.element_size() for t in state.values()), str(out))
-    config = {**source.config, "base_model_name_or_path": source.base_name,
+    config = {**source.config, "base_model_name_or_path": source.base_path,
               "inference_mode": True}
     with atomic_path(out) as tmp:
         tmp.mkdir()
@@ -812,10 +822,16 @@ def export(
         check_output(path, overwrite=overwrite, is_file=name == "gguf", keep=keep)
     torch_dtype = DTYPES[dtype]
     params = None
-    if "merged" in outputs or "gguf" in outputs:
-        meta = skeleton(source.base)  # cheap early checks: fit and disk, before the long load
-        if meta is not None:
-            check_fit(source, meta)
+    # cheap early checks: fit and disk, before the long load (and the only fit check of an
+    # adapter-only export, which loads no base)
+    meta = skeleton(source.base, read_gguf="adapter_only" in outputs)
+    if meta is None and "adapter_only" in outputs:
+        raise InputError(f"cannot build {source.base_name} from its config to check that the "
+                         "adapter fits it; pass --base with a model folder or hub id whose "
+                         "architecture transformers knows", field="base")
+    if meta is not None:
+        check_fit(source, meta)
+        if "merged" in outputs or "gguf" in outputs:
             n = params = param_count(meta)
             if "merged" in outputs:
                 check_disk(outputs["merged"], n * BYTES_PER_PARAM[torch_dtype], "--merged")

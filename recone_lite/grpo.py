@@ -22,7 +22,7 @@ from typing import Any
 from recone_lite import log
 from recone_lite.config import Recipe, dump_recipe
 from recone_lite.errors import InputError
-from recone_lite.runs import RunRecord, prepare_run_dir
+from recone_lite.runs import RunRecord, open_run_dir
 from recone_lite.training import (
     Data,
     check_trainable,
@@ -82,7 +82,8 @@ def prompt_rows(
     ]
 
 
-def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float]) -> str:
+def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float],
+                  teacher: str = "template") -> str:
     """The template teacher's answer in the recipe's template: the four blocks for reczero
     (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
     for none. Always ends in the true rating.
@@ -95,9 +96,9 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
     True
     """
     from recone_lite.prompts import fmt_number
-    from recone_lite.traces import template_answer
+    from recone_lite.traces import evidence_answer, template_answer
 
-    answer = template_answer(example, scale)
+    answer = (evidence_answer if teacher == "evidence" else template_answer)(example, scale)
     rate = f"<rate>{fmt_number(example['rating'])}</rate>"
     if template == "none":
         return rate
@@ -105,6 +106,9 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
         notes = re.sub(r"</?(?:analyze user|analyze item|match)>", "", answer.rsplit("<rate>")[0])
         return f"<think>\n{notes.strip()}\n</think>\n{rate}"
     return answer
+
+
+WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 
 
 def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
@@ -117,11 +121,12 @@ def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -
     examples = data.splits[split][: warmup.steps * warmup.batch_size]
     rows = [
         sft_row(rendered.messages,
-                warmup_answer(kept_history(example, rendered), template, data.scale))
+                warmup_answer(kept_history(example, rendered), template, data.scale,
+                              warmup.teacher))
         for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
     ]
-    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} template traces from {split} "
-             "(format only, not RecOne)")
+    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {warmup.teacher} traces from "
+             f"{split} (offline, not RecOne)")
     args = sft_config({"max_steps": warmup.steps, "learning_rate": warmup.learning_rate,
                        "per_device_train_batch_size": warmup.batch_size, "save_strategy": "no",
                        "report_to": "none", "logging_steps": max(warmup.steps // 5, 1)},
@@ -129,8 +134,10 @@ def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -
     trainer = fit(model, tokenizer, rows, args, [make_monitor(None)])
     trainer.train()
     shutil.rmtree(out / "warmup", ignore_errors=True)
+    trainer.save_model(str(out / WARMUP_ADAPTER))  # the warmed-up adapter, to evaluate on its own
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": warmup.steps, "examples": len(rows), "split": split,
+            "adapter": str(out / WARMUP_ADAPTER),
             "loss_first": losses[0] if losses else None,
             "loss_last": losses[-1] if losses else None}
 
@@ -173,30 +180,33 @@ def train(
                           n_pool=data.sizes[section.train_split],
                           n_dev=len(dev), prompt=prompt, out_state=run_dir_state(out), extra=warm)
 
-    checkpoint, previous = prepare_run_dir(out, dump_recipe(recipe), resume=resume,
-                                           overwrite=overwrite)
-    record = RunRecord(out, "grpo", recipe_name, recipe.seed, previous)
-    model, tokenizer = load_trainable(recipe)
-    trainable, total = check_trainable(model)
-    rows = prompt_rows(examples, tokenizer, recipe, data)
-    if recipe.warmup and checkpoint is None:  # a resumed run's checkpoint holds the warmed adapter
-        record.update(warmup=warm_up(model, tokenizer, recipe, data, out))
-    monitor = make_monitor(
-        record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
-    )
-    trainer = GRPOTrainer(
-        model=model,
-        reward_funcs=reward_funcs,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        callbacks=[monitor],
-    )
-    trainer.remove_callback(PrinterCallback)  # the monitor prints one line per log instead
-    return run_trainer(
-        trainer, monitor, record, checkpoint=checkpoint, section="grpo",
-        eval_at_start=recipe.evaluation.at_start,
-        extra={"train_prompts": len(rows), "trainable_parameters": trainable,
-               "total_parameters": total, "init_adapter": recipe.init_adapter,
-               "rewards": recipe.rewards, "cuda": cuda_available()},
-    )
+    # the folder is locked while the run lasts; a run that --overwrite replaces is removed only
+    # once this one has started (model loaded, trainer built, run.json written), else put back
+    with open_run_dir(out, dump_recipe(recipe), resume=resume, overwrite=overwrite) as start:
+        checkpoint = start.checkpoint
+        record = RunRecord(out, "grpo", recipe_name, recipe.seed, start.previous)
+        model, tokenizer = load_trainable(recipe)
+        trainable, total = check_trainable(model)
+        rows = prompt_rows(examples, tokenizer, recipe, data)
+        if recipe.warmup and checkpoint is None:  # a resumed run's checkpoint holds it warmed up
+            record.update(warmup=warm_up(model, tokenizer, recipe, data, out))
+        monitor = make_monitor(
+            record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
+        )
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=reward_funcs,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=tokenizer,
+            callbacks=[monitor],
+        )
+        trainer.remove_callback(PrinterCallback)  # the monitor prints one line per log instead
+        start.started(record)
+        return run_trainer(
+            trainer, monitor, record, checkpoint=checkpoint, section="grpo",
+            eval_at_start=recipe.evaluation.at_start,
+            extra={"train_prompts": len(rows), "trainable_parameters": trainable,
+                   "total_parameters": total, "init_adapter": recipe.init_adapter,
+                   "rewards": recipe.rewards, "cuda": cuda_available()},
+        )

@@ -1,29 +1,41 @@
-"""JSONL reading with line-numbered errors, and atomic writes (temp name, then rename).
+"""JSONL reading with line-numbered errors, atomic writes (temp name, then rename) and the
+writer lock on an output path.
 
 The standard library and `datasets` read JSONL too, but neither names the file, line and field
 of a bad record in one line, which is what a shell user needs; hence these few helpers.
+
+Temporary folders are named `.NAME.PID.XXXX.tmp` beside NAME: SIGTERM and SIGINT remove them
+(SIGTERM is turned into SystemExit(143) so that cleanup runs), and the next write of NAME removes
+those whose writer process is gone (killed with SIGKILL, or the machine went down).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, ReconeError
+from recone_lite.log import warn
 
 
 def read_jsonl(
-    path: str | Path, stream: IO[str] | None = None
+    path: str | Path, stream: IO[str] | IO[bytes] | Iterable[str] | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(line_number, object)` for each non-blank line; a bad line raises InputError.
 
-    `stream` reads an open text stream (stdin) and names it `path` in errors.
+    `stream` reads an open stream (stdin's binary buffer, a text stream, a list of lines) and
+    names it `path` in errors. Bytes are decoded line by line, so a non-UTF-8 byte names its line.
 
     >>> import io
     >>> list(read_jsonl("-", io.StringIO('{"a": 1}\\n\\n{"a": 2}\\n')))
@@ -32,14 +44,34 @@ def read_jsonl(
     Traceback (most recent call last):
     ...
     recone_lite.errors.InputError: -:2: expected a JSON object
+    >>> list(read_jsonl("-", io.BytesIO(b'{"a": 1}\\n{"a": "caf\\xe9"}\\n')))
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: -:2: not valid UTF-8 (invalid continuation byte at byte 11)
     """
     if stream is None:
         if not Path(path).is_file():
             raise InputError("no such file", path=path)
-        with open(path, encoding="utf-8") as handle:
+        with open(path, "rb") as handle:  # decoded line by line, so a bad byte names its line
             yield from read_jsonl(path, handle)
         return
-    for number, text in enumerate(stream, start=1):
+    number = 0
+    lines = iter(stream)
+    while True:
+        try:
+            text = next(lines)
+        except StopIteration:
+            return
+        except UnicodeDecodeError as err:  # a text stream decodes ahead: the line is a lower bound
+            raise InputError(f"not valid UTF-8 ({err.reason}) at or after this line", path=path,
+                             line=number + 1) from None
+        number += 1
+        if isinstance(text, bytes):
+            try:
+                text = text.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start + 1})",
+                                 path=path, line=number) from None
         if not text.strip():
             continue
         try:
@@ -56,24 +88,236 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
 
+WRITER_LOCK = ".recone-writer.lock"  # held inside a temporary folder while its writer lives
+REPLACED = ".recone-replaced"  # a folder being replaced waits here until the new one is in place
+STALE_AFTER_S = 60.0  # a temporary folder without a writer lock is stale after this long
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise SystemExit(128 + signum)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit(143) in this process, so that `finally` blocks run and
+    remove temporary files (SIGINT already raises KeyboardInterrupt). Only from the main thread
+    and only where nobody else handles SIGTERM."""
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (on this machine).
+
+    >>> pid_alive(os.getpid()), pid_alive(0)
+    (True, False)
+    """
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def writer_pid(name: str, final_name: str) -> int | None:
+    """The writer's pid in a temporary name `.FINAL.PID.XXXX.tmp`, else None.
+
+    >>> writer_pid(".train.jsonl.4242.k2j_x9.tmp", "train.jsonl")
+    4242
+    >>> writer_pid(".train.jsonl.k2j_x9ab.tmp", "train.jsonl") is None  # an older name: no pid
+    True
+    """
+    head = name.removeprefix(f".{final_name}.").split(".", 1)[0]
+    return int(head) if head.isdigit() and name != head else None
+
+
+def _locked_by_someone(lock: Path) -> bool:
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
+
+
+def remove_stale(final: str | Path) -> list[Path]:
+    """Remove the temporary folders of `final` that killed writers left (`.NAME.PID.XXXX.tmp`
+    whose writer lock nobody holds); return them. A live writer's folder is left alone."""
+    import glob
+
+    final = Path(final)
+    removed = []
+    for folder in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        pid = writer_pid(folder.name, final.name)
+        if pid is None or not folder.is_dir() or folder.is_symlink():
+            continue
+        lock = folder / WRITER_LOCK
+        if lock.is_file():
+            stale = not _locked_by_someone(lock)
+        else:  # killed between creating the folder and its lock
+            try:
+                age = time.time() - folder.stat().st_mtime
+            except FileNotFoundError:
+                continue
+            stale = not pid_alive(pid) and age > STALE_AFTER_S
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            warn(f"removed {folder}, left behind by a killed run (pid {pid})")
+            removed.append(folder)
+    return removed
+
+
+def _hold(lock: Path) -> int:
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # our own new file: never contended
+    return fd
+
+
+def holds_cwd(path: str | Path) -> bool:
+    """Whether `path` is the current folder or one of its parents (replacing it would pull the
+    ground from under the shell).
+
+    >>> holds_cwd("."), holds_cwd(".."), holds_cwd("no-such-folder")
+    (True, True, False)
+    """
+    here, there = Path.cwd().resolve(), Path(path).resolve()
+    return here == there or there in here.parents
+
+
+def check_replaceable(out: str | Path, *, overwrite: bool, marker: str, what: str,
+                      flag: str = "--out") -> None:
+    """Refuse an existing `out` unless `overwrite` and it is empty or holds `marker` (the file
+    that proves it is ours to replace: manifest.json for a prepared data folder).
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "notes.txt").write_text("mine")
+    >>> check_replaceable(root, overwrite=True, marker="manifest.json",
+    ...                   what="prepared data folder")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: ...: --out: holds files and no manifest.json, so it is not a ...
+    """
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError("exists and is not a folder", path=out, field=flag)
+    if not overwrite:
+        raise InputError("already exists; pass --overwrite to replace it", path=out, field=flag)
+    if not any(out.iterdir()):
+        return
+    if not (out / marker).is_file():
+        raise InputError(f"holds files and no {marker}, so it is not a {what}; --overwrite "
+                         f"replaces only that: choose another {flag}", path=out, field=flag)
+    if holds_cwd(out):
+        raise InputError(f"is the current folder or holds it; --overwrite will not replace it: "
+                         f"choose another {flag}", path=out, field=flag)
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds.
 
-    Works for a file or a directory written at the yielded path. Nothing is left under the final
-    name when the block raises (or the process dies).
+    Works for a file or a directory written at the yielded path; a directory already at `final`
+    is moved aside and removed only once the new one is in place. Nothing is left under the final
+    name when the block raises; the temporary folder `.NAME.PID.XXXX.tmp` is removed then, on
+    SIGTERM and SIGINT too, and by the next write of `final` if the process was killed outright.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> with atomic_path(root / "a.txt") as tmp:
+    ...     _ = tmp.write_text("new")
+    >>> (root / "a.txt").read_text(), [p.name for p in root.iterdir()]
+    ('new', ['a.txt'])
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    exit_on_sigterm()
+    remove_stale(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp",
+                                dir=final.parent))
+    try:
+        held = _hold(tmp / WRITER_LOCK)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     target = tmp / final.name
     try:
         yield target
         if final.is_dir() and not final.is_symlink():
-            shutil.rmtree(final)
-        os.replace(target, final)
+            old = tmp / REPLACED
+            os.replace(final, old)
+            try:
+                os.replace(target, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+        else:
+            os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        os.close(held)
+
+
+@contextlib.contextmanager
+def writer_lock(out: str | Path, flag: str = "--out") -> Iterator[None]:
+    """Hold the lock `.NAME.lock` beside `out` for the block (fcntl.flock, released when the
+    process dies); a second writer of the same `out` is refused (ReconeError, exit 1) instead of
+    both writing. The lock file is removed on release.
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "run"
+    >>> with writer_lock(out):  # doctest: +ELLIPSIS
+    ...     with writer_lock(out):
+    ...         pass
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.ReconeError: ...run: another process (pid ...) is writing this --out; ...
+    >>> list(out.parent.iterdir())
+    []
+    """
+    out = Path(os.path.abspath(out))
+    lock = out.parent / f".{out.name}.lock"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    exit_on_sigterm()
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            if err.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise ReconeError(f"{out}: another process (pid {holder}) is writing this {flag}; "
+                              f"wait for it to end or choose another {flag}") from None
+        try:  # the holder before us may have removed the file between our open and our lock
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:

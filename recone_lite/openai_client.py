@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -23,6 +24,23 @@ from typing import Any
 from recone_lite.errors import InputError, ReconeError
 
 NO_KEY = "EMPTY"  # what vLLM's and llama.cpp's docs send when the server checks no key
+REDACTED = "[redacted]"
+_SECRETS = [  # (pattern, replacement): what a server's error body or a URL may carry
+    # credentials in a URL: scheme://user:pass@host, scheme://token@host
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s@'\"]+@"), rf"\1{REDACTED}@"),
+    # Authorization / Proxy-Authorization header values, with or without a scheme word
+    (re.compile(r"(?i)\b((?:proxy-)?authorization[\"']?\s*[:=]\s*[\"']?)"
+                r"(?:(?:bearer|basic|token)\s+)?[^\s\"',;}]+"), rf"\1{REDACTED}"),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[a-z0-9._~+/=-]{6,}"), rf"\1 {REDACTED}"),
+    # key=value or "key": "value" for key-like names (api_key, x-api-key, access_token, ...)
+    (re.compile(r"(?i)\b((?:x-)?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|secret|"
+                r"password|passwd|client[_-]?secret)[\"']?\s*[:=]\s*[\"']?)"
+                r"[^\s\"'&,;}]+"), rf"\1{REDACTED}"),
+    # well-known key shapes: OpenAI / Anthropic / DeepSeek sk-..., Hugging Face hf_..., Google
+    (re.compile(r"\b(?:sk|rk|pk)-[A-Za-z0-9_-]{8,}"), REDACTED),
+    (re.compile(r"\bhf_[A-Za-z0-9]{8,}"), REDACTED),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{20,}"), REDACTED),
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +63,34 @@ class ChatResult:
         return self.error is None
 
 
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with credentials replaced by [redacted]: the given `secrets` (the API key itself),
+    credentials in URLs, Authorization headers, bearer tokens, key=value pairs and well-known
+    key shapes. Applied to every server error before it is logged or written anywhere.
+
+    >>> redact("401: Incorrect API key provided: sk-proj-abcDEF123456789. See docs")
+    '401: Incorrect API key provided: [redacted]. See docs'
+    >>> redact("cannot reach https://alice:s3cret@example.com/v1: refused")
+    'cannot reach https://[redacted]@example.com/v1: refused'
+    >>> redact('{"headers": {"Authorization": "Bearer abc.def-123456"}}')
+    '{"headers": {"Authorization": "[redacted]"}}'
+    >>> redact("upstream said: authorization: Basic dXNlcjpwYXNz; bye")
+    'upstream said: authorization: [redacted]; bye'
+    >>> redact("token expired for Bearer eyJhbGciOi.J9x and https://h/v1?api_key=k123&x=1")
+    'token expired for Bearer [redacted] and https://h/v1?api_key=[redacted]&x=1'
+    >>> redact("echo of my key: local-key-42", secrets=["local-key-42", ""])
+    'echo of my key: [redacted]'
+    >>> redact("500: injected 500")  # nothing secret: unchanged
+    '500: injected 500'
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 4 and secret != NO_KEY:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def api_key(api_key_env: str | None) -> str:
     """The key from the environment variable, or a placeholder when it is unset or empty."""
     return (os.environ.get(api_key_env) if api_key_env else None) or NO_KEY
@@ -63,7 +109,7 @@ def make_client(
     except ImportError:
         raise ReconeError("the openai package is not installed: pip install openai") from None
     if not base_url.startswith(("http://", "https://")):
-        raise InputError(f"not an http(s) URL: {base_url!r}", field="base_url")
+        raise InputError(f"not an http(s) URL: {redact(base_url)!r}", field="base_url")
     return openai.OpenAI(
         base_url=base_url,
         api_key=api_key(api_key_env),
@@ -119,6 +165,15 @@ def stream_chat_completions(
     fatal: list[BaseException] = []
     succeeded = threading.Event()
     stop = threading.Event()
+    secrets = [api_key(api_key_env)]
+    where = redact(base_url, secrets)
+
+    def failed(error: str) -> ChatResult:
+        return ChatResult(content=None, error=redact(error, secrets))
+
+    def fail_all(message: str) -> None:
+        fatal.append(ReconeError(redact(message, secrets)))
+        stop.set()
 
     def call(messages: list[dict[str, Any]]) -> ChatResult:
         if stop.is_set():
@@ -134,32 +189,20 @@ def stream_chat_completions(
         try:
             result = _result(client.chat.completions.create(**kwargs))
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-            fatal.append(
-                ReconeError(
-                    f"{base_url} refused the API key ({err.status_code}); set it in ${api_key_env}"
-                )
-            )
-            stop.set()
-            return ChatResult(content=None, error=f"{err.status_code}: {_message(err)}")
+            fail_all(f"{where} refused the API key ({err.status_code}); set it in ${api_key_env}")
+            return failed(f"{err.status_code}: {_message(err, secrets)}")
         except openai.NotFoundError as err:
-            fatal.append(
-                ReconeError(f"{base_url}: not found (404) for model {model!r}: {_message(err)}")
-            )
-            stop.set()
-            return ChatResult(content=None, error=f"404: {_message(err)}")
+            fail_all(f"{where}: not found (404) for model {model!r}: {_message(err, secrets)}")
+            return failed(f"404: {_message(err, secrets)}")
         except openai.APIConnectionError as err:  # APITimeoutError is one too
             if not succeeded.is_set():
-                fatal.append(
-                    ReconeError(
-                        f"cannot reach {base_url} after {max_retries} retries: {_message(err)}"
-                    )
-                )
-                stop.set()
-            return ChatResult(content=None, error=f"connection: {_message(err)}")
+                fail_all(f"cannot reach {where} after {max_retries} retries: "
+                         f"{_message(err, secrets)}")
+            return failed(f"connection: {_message(err, secrets)}")
         except openai.APIStatusError as err:
-            return ChatResult(content=None, error=f"{err.status_code}: {_message(err)}")
+            return failed(f"{err.status_code}: {_message(err, secrets)}")
         except (openai.APIError, IndexError, AttributeError) as err:
-            return ChatResult(content=None, error=f"bad response: {_message(err)}")
+            return failed(f"bad response: {_message(err, secrets)}")
         succeeded.set()
         return result
 
@@ -185,8 +228,9 @@ def _checked(result: ChatResult, fatal: list[BaseException]) -> ChatResult:
     return result
 
 
-def _message(err: BaseException) -> str:
-    text = " ".join(str(getattr(err, "message", None) or err).split())
+def _message(err: BaseException, secrets: Iterable[str] = ()) -> str:
+    """The error's message on one line, credentials redacted, at most 300 characters."""
+    text = redact(" ".join(str(getattr(err, "message", None) or err).split()), secrets)
     return text[:300]
 
 

@@ -19,6 +19,7 @@ already in FILE (a trailing partial line from a kill is dropped) and appends the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -35,6 +36,8 @@ from recone_lite.errors import InputError, ReconeError
 from recone_lite.jsonl import dumps, read_jsonl
 from recone_lite.models import ModelSpec
 from recone_lite.prepared import is_number
+from recone_lite.prompts import DEFAULT_STYLE, PromptStyle
+from recone_lite.readout import READOUTS, expected_value, scale_values
 from recone_lite.rewards import parse_rating
 
 BackendName = Literal["hf", "openai", "vllm"]
@@ -42,11 +45,15 @@ DEFAULT_BATCH = {"hf": 8, "openai": 8, "vllm": 256}
 
 
 class Sample(NamedTuple):
-    """One generated completion: its text, its generated tokens, and a request error if any."""
+    """One generated completion: its text, its generated tokens, and a request error if any.
+    With the expected readout also the rating distribution after its `<rate>` (`probs`, over
+    the scale's whole numbers) and whether `<rate>` had to be appended to read it (`forced`)."""
 
     text: str
     tokens: int
     error: str | None = None
+    probs: list[float] | None = None
+    forced: bool = False
 
 
 # A backend turns a stream of requests into a stream of sample lists (k per request), in order.
@@ -110,23 +117,28 @@ class Counts:
     errors: int = 0  # server requests that failed after their retries
     bad: int = 0  # malformed lines skipped (--skip-bad)
     resumed: int = 0  # ids already in --out
+    first_error: str = ""  # the first server error, for the line of an all-failed run
+    forced: int = 0  # expected readout: rows whose distribution was read after an appended <rate>
 
 
 def read_requests(
-    path: str, stream: IO[str] | None, *, skip_bad: bool, done: set[Any], counts: Counts
+    path: str, stream: IO[str] | IO[bytes] | None, *, skip_bad: bool, done: set[Any],
+    counts: Counts
 ) -> Iterator[dict[str, Any]]:
     """Valid requests, in order, without those whose ids are in `done` (already predicted).
 
-    A malformed line, a bad field or a repeated id raises InputError naming the line; with
-    `skip_bad` it is counted, warned about (the first ten) and skipped.
+    `stream` (text or bytes lines) is read instead of the file `path` when given. A line that is
+    not UTF-8, malformed JSON, a bad field or a repeated id raises InputError naming the line;
+    with `skip_bad` it is counted, warned about (the first ten) and skipped.
     """
     seen: set[Any] = set()
-    lines = stream if stream is not None else open(path, encoding="utf-8")  # noqa: SIM115
+    lines = stream if stream is not None else open(path, "rb")  # noqa: SIM115
     try:
-        for number, text in enumerate(lines, start=1):
-            if not text.strip():
+        for number, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
             try:
+                text = decode_line(raw, first=number == 1)
                 _, request = next(read_jsonl(path, [text]))  # the shared parser and its messages
                 problem = check_request(request)
                 if problem is not None:
@@ -148,6 +160,25 @@ def read_requests(
     finally:
         if stream is None:
             lines.close()
+
+
+def decode_line(raw: str | bytes, first: bool = False) -> str:
+    """One input line as text: bytes decoded as UTF-8 (a BOM dropped from the first line).
+
+    >>> decode_line(b'{"id": 1}\\n'), decode_line("\\ufeff{}", first=True)
+    ('{"id": 1}\\n', '{}')
+    >>> decode_line(b'{"title": "caf\\xe9"}')
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: not UTF-8 (byte 0xe9 at column 15)
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(f"not UTF-8 (byte 0x{raw[err.start]:02x} at column "
+                             f"{err.start + 1})") from None
+    return raw.removeprefix("\ufeff") if first else raw
 
 
 def done_ids(out: Path) -> set[Any]:
@@ -189,12 +220,30 @@ def result_row(
     {'id': 'a', 'rating': 4.5, 'ok': True, 'tokens': 15, 'ratings': [4.0, None, 5.0], 'spread': 0.5}
     >>> result_row({"id": "b"}, [Sample("", 0, "500: boom")], (1.0, 5.0), completion=False)
     {'id': 'b', 'rating': None, 'ok': False, 'tokens': 0, 'error': '500: boom'}
+
+    With the expected readout (samples carry `probs`), `rating` is the distribution's mean where
+    the text parses, `text_rating` the written number; a forced row stays a failure:
+
+    >>> probs = [0.0, 0.0, 0.2, 0.6, 0.2]
+    >>> row = result_row({"id": "c"}, [Sample("<rate>4</rate>", 5, probs=probs)], (1.0, 5.0))
+    >>> row["rating"], row["ok"], row["text_rating"], row["probs"]
+    (4.0, True, 4.0, [0.0, 0.0, 0.2, 0.6, 0.2])
+    >>> row = result_row({"id": "d"}, [Sample("hm", 2, probs=probs, forced=True)], (1.0, 5.0),
+    ...                  completion=False)
+    >>> row["rating"], row["ok"], row["forced"], row["forced_rating"]
+    (None, False, True, 4.0)
     """
     ratings = [parse_rating(s.text, scale) for s in samples]
     parsed = [r for r in ratings if r is not None]
+    expected = samples[0].probs is not None
+    if expected:
+        values = scale_values(scale)
+        means = [None if s.probs is None else expected_value(values, s.probs) for s in samples]
+        kept = [m for m, r in zip(means, ratings, strict=True) if r is not None and m is not None]
     row: dict[str, Any] = {
         "id": request["id"],
-        "rating": statistics.fmean(parsed) if parsed else None,
+        "rating": (round(statistics.fmean(kept), 4) if kept else None) if expected else
+        (statistics.fmean(parsed) if parsed else None),
         "ok": bool(parsed),
     }
     if completion:
@@ -205,6 +254,14 @@ def result_row(
     if len(samples) > 1:
         row["ratings"] = ratings
         row["spread"] = statistics.pstdev(parsed) if parsed else None
+    if expected:
+        row["text_rating"] = statistics.fmean(parsed) if parsed else None
+        shown = [s.probs for s, r in zip(samples, ratings, strict=True) if r is not None] or \
+            [s.probs for s in samples if s.probs is not None]
+        row["probs"] = [round(statistics.fmean(column), 4) for column in zip(*shown, strict=True)]
+        if not parsed:
+            row["forced"] = True
+            row["forced_rating"] = round(expected_value(values, row["probs"]), 4)
     errors = [s.error for s in samples if s.error]
     if errors:
         row["error"] = errors[0]
@@ -236,12 +293,18 @@ def hf_backend(
     temperature: float = 0.0,
     samples: int = 1,
     batch_size: int = 8,
+    style: PromptStyle = DEFAULT_STYLE,
+    readout: str = "text",
 ) -> Backend:
     """Batched local generation: render each request with the tokenizer's chat template (fitted
-    to `max_prompt_tokens`), pad on the left, `model.generate`, cut each completion at its eos."""
+    to `max_prompt_tokens`), pad on the left, `model.generate`, cut each completion at its eos.
+    With `readout="expected"` each sample also carries its rating distribution (readout.py)."""
     import torch
 
+    from recone_lite import readout as readouts
     from recone_lite.prompts import render_prompt
+
+    token_ids = readouts.rating_token_ids(tokenizer, scale) if readout == "expected" else None
 
     eos = model.generation_config.eos_token_id
     eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None})
@@ -254,13 +317,15 @@ def hf_backend(
     def run(requests: Iterable[dict[str, Any]]) -> Iterator[list[Sample]]:
         for batch in batched(requests, batch_size):
             texts = [
-                render_prompt(r, tokenizer, template, scale, max_prompt_tokens).text for r in batch
+                render_prompt(r, tokenizer, template, scale, max_prompt_tokens, style).text
+                for r in batch
             ]
             yield from _generate(texts)
 
     def _generate(texts: list[str]) -> list[list[Sample]]:
         inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         inputs = inputs.to(model.device)
+        expected = token_ids is not None
         with torch.inference_mode():
             output = model.generate(
                 **inputs,
@@ -268,19 +333,57 @@ def hf_backend(
                 num_return_sequences=samples,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=eos_ids,
+                return_dict_in_generate=expected,
+                output_logits=expected,
                 **sampling,
             )
-        generated = output[:, inputs["input_ids"].shape[1] :]
+        sequences = output.sequences if expected else output
+        generated = sequences[:, inputs["input_ids"].shape[1] :]
         lengths = completion_lengths(generated, eos_ids)
+        rows = [row[:n] for row, n in zip(generated, lengths, strict=True)]
         texts_out = tokenizer.batch_decode(
-            [row[:n] for row, n in zip(generated, lengths, strict=True)],
+            rows,
             skip_special_tokens=True,
             clean_up_tokenization_spaces=False,  # the BPE text as generated
         )
         flat = [Sample(t, n) for t, n in zip(texts_out, lengths, strict=True)]
+        if expected:
+            prompts = [t for t in texts for _ in range(samples)]
+            flat = _with_distributions(flat, rows, output.logits, prompts)
         return [flat[i : i + samples] for i in range(0, len(flat), samples)]
 
+    def _with_distributions(flat: list[Sample], rows: list[Any], logits: Any,
+                            prompts: list[str]) -> list[Sample]:
+        """Each sample's rating distribution right after its last `<rate>`: from the logits
+        generate already computed where `<rate>` ends on a token boundary, else (and for forced
+        rows) from one forward pass over prompt + completion up to `<rate>`."""
+        found: dict[int, tuple[list[float], float]] = {}
+        redo: list[int] = []
+        for i, (sample, row) in enumerate(zip(flat, rows, strict=True)):
+            end = readouts.rate_end(sample.text)
+            if end is not None:
+                decode = functools.partial(_decode_prefix, tokenizer, row.tolist())
+                j = readouts.token_boundary(decode, len(row), end)
+                if j is not None and j < len(logits) and decode(j) == sample.text[:end]:
+                    found[i] = readouts.normalise(logits[j][i], token_ids)
+                    continue
+            redo.append(i)
+        if redo:
+            texts = [prompts[i] + (flat[i].text[: readouts.rate_end(flat[i].text)]
+                                   if readouts.rate_end(flat[i].text) is not None
+                                   else readouts.forced_prefix(flat[i].text)) for i in redo]
+            for i, dist in zip(redo, readouts.forward_distributions(model, tokenizer, texts,
+                                                                     token_ids), strict=True):
+                found[i] = dist
+        return [s._replace(probs=found[i][0], forced=readouts.rate_end(s.text) is None)
+                for i, s in enumerate(flat)]
+
     return run
+
+
+def _decode_prefix(tokenizer: Any, ids: list[int], n: int) -> str:
+    """The text of the first `n` generated tokens, decoded as completions are."""
+    return tokenizer.decode(ids[:n], skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 def completion_lengths(generated: Any, eos_ids: list[int]) -> list[int]:
@@ -311,6 +414,7 @@ def openai_backend(
     api_key_env: str | None = "OPENAI_API_KEY",
     seed: int | None = None,
     max_retries: int = 4,
+    style: PromptStyle = DEFAULT_STYLE,
 ) -> Backend:
     """Chat messages to an OpenAI-compatible server, which applies the model's chat template;
     k samples are k requests. No token budget here: the server rejects a prompt too long for it,
@@ -319,7 +423,8 @@ def openai_backend(
     from recone_lite.prompts import build_messages
 
     def run(requests: Iterable[dict[str, Any]]) -> Iterator[list[Sample]]:
-        messages = (build_messages(r, template, scale) for r in requests for _ in range(samples))
+        messages = (build_messages(r, template, scale, style=style)
+                    for r in requests for _ in range(samples))
         results = stream_chat_completions(
             messages,
             base_url=base_url,
@@ -348,6 +453,7 @@ def vllm_backend(
     samples: int = 1,
     batch_size: int = 256,
     seed: int | None = None,
+    style: PromptStyle = DEFAULT_STYLE,
 ) -> Backend:
     """In-process vLLM (CUDA): prompts rendered here with the model's chat template and sent as
     token ids (so no second BOS is added), the adapter as a LoRARequest."""
@@ -397,7 +503,8 @@ def vllm_backend(
             prompts = [
                 {
                     "prompt_token_ids": tokenizer.encode(
-                        render_prompt(r, tokenizer, template, scale, max_prompt_tokens).text,
+                        render_prompt(r, tokenizer, template, scale, max_prompt_tokens,
+                                      style).text,
                         add_special_tokens=False,
                     )
                 }
@@ -433,14 +540,14 @@ def _progress(total: int | None) -> Any:
 
 
 def _count_lines(path: str) -> int:
-    with open(path, encoding="utf-8") as handle:
+    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is reported when read
         return sum(1 for line in handle if line.strip())
 
 
 def predict(
     input: str = "-",
     *,
-    model: str,
+    model: str | None = None,
     gguf_file: str | None = None,
     adapter: str | None = None,
     template: str | None = None,
@@ -462,25 +569,75 @@ def predict(
     trust_remote_code: bool = False,
     dtype: str = "auto",
     quantization: str = "none",
+    readout: str | None = None,
+    prompt: dict[str, Any] | None = None,
     stdout: IO[str] | None = None,
     stdin: IO[str] | None = None,
 ) -> Counts:
-    """The `predict` command: check the options and files, load the backend, stream the rows."""
+    """The `predict` command: check the options and files, load the backend, stream the rows.
+
+    Without `model`, the base comes from the `--adapter` run folder; the run's template, prompt
+    budget, rating scale and readout are the defaults whenever `adapter` is a run folder (an
+    explicit option still wins); stderr says which setting came from where.
+    """
     from recone_lite.export import read_recone_json
     from recone_lite.prompts import TEMPLATES
 
     # 1. Everything that can be checked without a model, before loading one.
+    if backend not in DEFAULT_BATCH:
+        raise InputError(f"unknown backend {backend!r}; choose hf, openai or vllm", field="backend")
+    if backend == "openai" and not base_url:
+        raise InputError("--backend openai needs --base-url URL", field="base_url")
+    if backend == "openai" and (adapter or gguf_file):
+        raise InputError(
+            "with --backend openai, --model names the served model or adapter", field="adapter"
+        )
+    # A `train` / `sft` run folder records the base, template, budget, scale and readout.
+    run = run_defaults(adapter) if adapter is not None else RunDefaults()
+    taken: list[str] = []  # "setting value (where from)", for the line on stderr
+    max_seq_length = None
+    if model is None:
+        if run.model is None:
+            raise InputError(
+                "--model is required (or --adapter RUN: a run folder records its base model)",
+                field="model")
+        model, max_seq_length = run.model, run.max_seq_length
+        gguf_file = gguf_file or run.gguf_file
+        taken.append(f"model {model} ({run.source('model')})")
     # A folder from `recone-lite export --merged` records its template and scale (recone.json).
     recorded = read_recone_json(model) if backend != "openai" else {}
     if template is None:
-        template = recorded.get("template") or "reczero"
-    elif recorded.get("template") not in (None, template):
-        log.warn(f"{model} was trained with the {recorded['template']} template; predicting "
-                 f"with {template}")
+        template = run.template or recorded.get("template") or "reczero"
+        if run.template:
+            taken.append(f"template {template} ({run.source('template')})")
+    elif (run.template or recorded.get("template")) not in (None, template):
+        log.warn(f"{adapter if run.template else model} was trained with the "
+                 f"{run.template or recorded['template']} template; predicting with {template}")
     if template not in TEMPLATES:
         raise InputError(
             f"unknown template {template!r}; choose {', '.join(TEMPLATES)}", field="template"
         )
+    if max_prompt_tokens is None and run.max_prompt_tokens is not None:
+        max_prompt_tokens = run.max_prompt_tokens
+        taken.append(f"max_prompt_tokens {max_prompt_tokens} ({run.source('max_prompt_tokens')})")
+    if readout is None:
+        readout = run.readout or recorded.get("readout") or "text"
+        if run.readout:
+            taken.append(f"readout {readout} ({run.source('readout')})")
+    if readout not in READOUTS:
+        raise InputError(f"unknown readout {readout!r}; choose text or expected", field="readout")
+    if readout == "expected" and backend != "hf":
+        raise InputError("--readout expected needs --backend hf for now (the openai and vllm "
+                         "backends do not return the rating tokens' logprobs yet)", field="readout")
+    given = {k: v for k, v in (prompt or {}).items() if v is not None}
+    from_run = {k: v for k, v in run.prompt.items() if k not in given}
+    if from_run:
+        taken.append(", ".join(f"{k} {v}" for k, v in from_run.items())
+                     + f" ({run.source('prompt')})")
+    style = PromptStyle(**{**from_run, **given})
+    if style.system not in ("full", "compact"):
+        raise InputError(f"unknown system prompt {style.system!r}; choose full or compact",
+                         field="system")
     if samples < 1 or max_new_tokens < 1 or (batch_size is not None and batch_size < 1):
         raise InputError("--samples, --max-new-tokens and --batch-size must be at least 1")
     if samples > 1 and temperature <= 0:
@@ -490,27 +647,44 @@ def predict(
         )
     if input != "-" and not Path(input).is_file():
         raise InputError("no such file", path=input)
-    if backend not in DEFAULT_BATCH:
-        raise InputError(f"unknown backend {backend!r}; choose hf, openai or vllm", field="backend")
-    if backend == "openai" and not base_url:
-        raise InputError("--backend openai needs --base-url URL", field="base_url")
-    if backend == "openai" and (adapter or gguf_file):
-        raise InputError(
-            "with --backend openai, --model names the served model or adapter", field="adapter"
-        )
     if resume and out is None:
         raise InputError("--resume needs --out FILE", field="resume")
-    if out is not None and Path(out).exists() and not resume:
-        raise InputError("exists; pass --resume to continue it, or remove it", path=out)
-    rating_scale = _scale(scale, input, recorded.get("rating_scale"))
+    if out is not None:
+        check_out(Path(out), resume)
+    rating_scale, scale_from = _scale(scale, input, recorded.get("rating_scale"), run)
+    if readout == "expected":
+        scale_values(rating_scale)  # a scale the readout cannot read fails before the model loads
+    if scale_from == "run":
+        taken.append(f"scale {rating_scale[0]:g},{rating_scale[1]:g} ({run.source('scale')})")
+    if taken:
+        log.info(f"predict: from the run {adapter}: {', '.join(taken)}")
     spec = (
         None
         if backend == "openai"
-        else _spec(model, gguf_file, adapter, dtype, quantization, trust_remote_code)
+        else _spec(model, gguf_file, adapter, dtype, quantization, trust_remote_code,
+                   max_seq_length)
     )
-    done = done_ids(Path(out)) if out is not None and Path(out).exists() else set()
+    if spec is not None:
+        from recone_lite.models import check_spec
 
-    # 2. The backend (this loads the model).
+        check_spec(spec)  # missing files, a folder without a tokenizer: before the slow load
+    start_size = Path(out).stat().st_size if out is not None and Path(out).exists() else None
+    done = done_ids(Path(out)) if start_size else set()
+
+    # The first request is read (and checked) before the model loads, too.
+    counts = Counts()
+    requests: Iterator[dict[str, Any]] = read_requests(
+        input,
+        stdin if stdin is not None else getattr(sys.stdin, "buffer", sys.stdin)
+        if input == "-" else None,
+        skip_bad=skip_bad,
+        done=done,
+        counts=counts,
+    )
+    first = next(requests, None)
+    requests = itertools.chain([first], requests) if first is not None else iter(())
+
+    # 2. The backend (this loads the model; nothing to predict: nothing loaded).
     batch = batch_size or DEFAULT_BATCH[backend]
     generation: dict[str, Any] = {
         "template": template,
@@ -519,20 +693,24 @@ def predict(
         "temperature": temperature,
         "samples": samples,
     }
-    if backend == "openai":
-        run = openai_backend(
+    if first is None:
+        run_backend: Backend = lambda reqs: iter(())  # noqa: E731
+    elif backend == "openai":
+        run_backend = openai_backend(
             base_url=base_url,
             model=model,
             concurrency=concurrency,
             api_key_env=api_key_env,
             seed=seed,
+            style=style,
             **generation,
         )
     else:
         budget = max_prompt_tokens or max(spec.max_seq_length - max_new_tokens, 1)
         if backend == "vllm":
-            run = vllm_backend(
-                spec, max_prompt_tokens=budget, batch_size=batch, seed=seed, **generation
+            run_backend = vllm_backend(
+                spec, max_prompt_tokens=budget, batch_size=batch, seed=seed, style=style,
+                **generation
             )
         else:
             import transformers
@@ -542,34 +720,79 @@ def predict(
             if seed is not None:
                 transformers.set_seed(seed)
             hf_model, tokenizer = load_model(spec)
-            run = hf_backend(
-                hf_model, tokenizer, max_prompt_tokens=budget, batch_size=batch, **generation
+            run_backend = hf_backend(
+                hf_model, tokenizer, max_prompt_tokens=budget, batch_size=batch, style=style,
+                readout=readout, **generation
             )
 
     # 3. Stream: requests -> backend -> one line each, flushed as it comes.
-    counts = Counts()
-    requests = read_requests(
-        input,
-        (stdin or sys.stdin) if input == "-" else None,
-        skip_bad=skip_bad,
-        done=done,
-        counts=counts,
-    )
     total = None if input == "-" else max(_count_lines(input) - len(done), 0)
     started = time.perf_counter()
     if out:
-        with open(out, "a", encoding="utf-8") as sink:
-            closed = write_rows(requests, run, sink, rating_scale, completion, counts, total)
+        sink: Any = _LazyFile(Path(out))  # opened at the first row: a failed start writes nothing
+        try:
+            closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts,
+                                total)
+        finally:
+            sink.close()
     else:
         sink = stdout or sys.stdout
-        closed = write_rows(requests, run, sink, rating_scale, completion, counts, total)
+        closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts, total)
     if closed:  # the reader went away (`| head`): stop quietly
         if sink is sys.__stdout__:  # and keep Python's exit quiet too (its flush would fail)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
         log.info(f"predict: the output pipe closed after {counts.rows} rows; stopping")
-    else:
-        log.info(summary(counts, time.perf_counter() - started, out))
+        return counts
+    log.info(summary(counts, time.perf_counter() - started, out))
+    if counts.rows and counts.errors == counts.rows:  # every request failed: a server outage
+        kept = ""
+        if out is not None:  # take this run's rows back out: a rerun starts clean
+            if start_size is None:
+                Path(out).unlink(missing_ok=True)
+            else:
+                os.truncate(out, start_size)
+            kept = f"; nothing added to {out}"
+        raise ReconeError(f"predict: all {counts.rows} requests failed (first: "
+                          f"{counts.first_error}){kept}")
     return counts
+
+
+class _LazyFile:
+    """A file opened for appending at its first write, so a run that fails before its first row
+    leaves no empty --out behind (which would block the rerun)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.handle = path, None
+
+    def write(self, text: str) -> int:
+        if self.handle is None:
+            self.handle = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        return self.handle.write(text)
+
+    def flush(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+
+    def close(self) -> None:
+        if self.handle is not None:
+            self.handle.close()
+
+
+def check_out(out: Path, resume: bool) -> None:
+    """`--out FILE` checked before a model loads: its folder exists and is writable, it is not a
+    folder, and it holds no earlier rows unless --resume (an empty file counts as none)."""
+    if out.is_dir():
+        raise InputError("is a folder; --out takes a file name", path=out)
+    parent = out.parent
+    if not parent.is_dir():
+        raise InputError(f"no such folder: {parent}", path=out)
+    if out.exists():
+        if out.stat().st_size > 0 and not resume:
+            raise InputError("exists; pass --resume to continue it, or remove it", path=out)
+        if not os.access(out, os.W_OK):
+            raise InputError("not writable", path=out)
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write in {parent}", path=out)
 
 
 def write_rows(
@@ -601,6 +824,9 @@ def write_rows(
                 counts.parsed += row["ok"]
                 counts.tokens += row["tokens"]
                 counts.errors += "error" in row
+                if "error" in row and not counts.first_error:
+                    counts.first_error = row["error"]
+                counts.forced += "forced" in row
                 try:
                     sink.write(dumps(row) + "\n")
                     sink.flush()
@@ -624,6 +850,7 @@ def _spec(
     dtype: str,
     quantization: str,
     trust_remote_code: bool,
+    max_seq_length: int | None = None,
 ) -> ModelSpec:
     """A ModelSpec from the command's options; a bad value is an InputError naming the option."""
     from pydantic import ValidationError
@@ -636,6 +863,7 @@ def _spec(
             dtype=dtype,
             quantization=quantization,
             trust_remote_code=trust_remote_code,
+            **({"max_seq_length": max_seq_length} if max_seq_length else {}),
         )
     except ValidationError as err:
         first = err.errors()[0]
@@ -644,19 +872,100 @@ def _spec(
 
 
 def _scale(
-    scale: str | None, input: str, recorded: list[float] | None = None
-) -> tuple[float, float]:
-    """`--scale`, else the manifest.json of a prepared folder holding the input, else the
-    model's recone.json (`recorded`), else 1-5."""
+    scale: str | None, input: str, recorded: list[float] | None = None,
+    run: RunDefaults | None = None,
+) -> tuple[tuple[float, float], str]:
+    """`(scale, where from)`: `--scale`, else the manifest.json of a prepared folder holding the
+    input, else the adapter run's data, else the model's recone.json (`recorded`), else 1-5."""
     if scale is not None:
-        return parse_scale(scale)
+        return parse_scale(scale), "option"
     if input != "-" and (Path(input).parent / "manifest.json").is_file():
         from recone_lite.prepared import read_scale
 
-        return read_scale(Path(input).parent)
+        return read_scale(Path(input).parent), "input"
+    if run is not None and run.scale is not None:
+        return run.scale, "run"
     if recorded:
-        return float(recorded[0]), float(recorded[1])
-    return (1.0, 5.0)
+        return (float(recorded[0]), float(recorded[1])), "model"
+    return (1.0, 5.0), "default"
+
+
+PROMPT_KEYS = ("item_history", "stats", "system", "max_history")  # config.DataSection -> style
+
+
+@dataclasses.dataclass
+class RunDefaults:
+    """What an adapter's run folder (`train` / `sft`) says about predicting with it; None where
+    it says nothing. `sources` names the file each setting came from."""
+
+    model: str | None = None
+    gguf_file: str | None = None
+    max_seq_length: int | None = None
+    template: str | None = None
+    max_prompt_tokens: int | None = None
+    scale: tuple[float, float] | None = None
+    readout: str | None = None
+    prompt: dict[str, Any] = dataclasses.field(default_factory=dict)  # data.item_history ...
+    sources: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "?")
+
+
+def run_defaults(adapter: str | Path) -> RunDefaults:
+    """The base model, template, prompt budget (`data.max_prompt_tokens`), rating scale (the
+    manifest of `data.dir`) and readout (`evaluation.readout`) from the run's recipe.yaml; the
+    base from adapter_config.json when there is no recipe. A plain peft folder gives only that.
+    """
+    import yaml
+
+    from recone_lite.models import adapter_config
+    from recone_lite.runs import RECIPE_YAML
+
+    folder = Path(adapter).expanduser()
+    config = adapter_config(folder)  # InputError for a missing folder or a non-adapter one
+    found = RunDefaults()
+    recipe_path = folder / RECIPE_YAML
+    recipe: dict[str, Any] = {}
+    if recipe_path.is_file():
+        try:
+            loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise InputError(f"malformed YAML ({type(err).__name__})", path=recipe_path) from None
+        recipe = loaded if isinstance(loaded, dict) else {}
+
+    def section(name: str) -> dict[str, Any]:
+        value = recipe.get(name)
+        return value if isinstance(value, dict) else {}
+
+    where = str(recipe_path)
+    model, data, evaluation = section("model"), section("data"), section("evaluation")
+    if isinstance(model.get("name"), str) and model["name"]:
+        found.model, found.sources["model"] = model["name"], where
+        if isinstance(model.get("gguf_file"), str):
+            found.gguf_file = model["gguf_file"]
+        if isinstance(model.get("max_seq_length"), int) and model["max_seq_length"] > 0:
+            found.max_seq_length = model["max_seq_length"]
+    elif isinstance(config.get("base_model_name_or_path"), str):
+        found.model = config["base_model_name_or_path"]
+        found.sources["model"] = str(folder / "adapter_config.json")
+    if isinstance(data.get("template"), str):
+        found.template, found.sources["template"] = data["template"], where
+    budget = data.get("max_prompt_tokens")
+    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
+        found.max_prompt_tokens, found.sources["max_prompt_tokens"] = budget, where
+    if isinstance(evaluation.get("readout"), str):
+        found.readout, found.sources["readout"] = evaluation["readout"], where
+    found.prompt = {key: data[key] for key in PROMPT_KEYS if data.get(key) is not None}
+    if found.prompt:
+        found.sources["prompt"] = where
+    data_dir = data.get("dir")
+    if isinstance(data_dir, str) and (Path(data_dir) / "manifest.json").is_file():
+        from recone_lite.prepared import read_scale
+
+        found.scale = read_scale(data_dir)
+        found.sources["scale"] = str(Path(data_dir) / "manifest.json")
+    return found
 
 
 def summary(counts: Counts, wall: float, out: str | None = None) -> str:
@@ -676,5 +985,6 @@ def summary(counts: Counts, wall: float, out: str | None = None) -> str:
         f"{counts.resumed} already in {out}" if counts.resumed else "",
         f"{counts.bad} bad lines skipped" if counts.bad else "",
         f"{counts.errors} request errors" if counts.errors else "",
+        f"{counts.forced} forced (no <rate>; not counted as parsed)" if counts.forced else "",
     ]
     return "; ".join([line, *(e for e in extras if e)])

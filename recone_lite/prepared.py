@@ -36,15 +36,40 @@ def read_scale(data_dir: str | Path) -> tuple[float, float]:
 
 
 def iter_split(data_dir: str | Path, split: str) -> Iterator[dict[str, Any]]:
-    """Stream the examples of `DIR/<split>.jsonl`, each checked for an `id` and a numeric
-    `rating` (a bad line raises InputError naming it)."""
+    """Stream the examples of `DIR/<split>.jsonl`, each checked (`check_example`): a bad line
+    raises InputError naming the file, the line and the field."""
     path = Path(data_dir) / f"{split}.jsonl"
     for line, example in read_jsonl(path):
-        if "id" not in example:
-            raise InputError("missing required field", path=path, line=line, field="id")
-        if not is_number(example.get("rating")):
-            raise InputError("expected a number", path=path, line=line, field="rating")
+        problem = check_example(example)
+        if problem is not None:
+            raise InputError(problem[1], path=path, line=line, field=problem[0])
         yield example
+
+
+def check_example(example: dict[str, Any]) -> tuple[str, str] | None:
+    """`(field, problem)` when a prepared example lacks what training, eval and the baselines
+    read (`id`, `user_id`, `item_id`, a numeric `rating`, a `history` list), else None.
+
+    >>> good = {"id": "t-u-i", "user_id": "u", "item_id": 7, "rating": 4.0, "history": []}
+    >>> check_example(good) is None
+    True
+    >>> check_example({**good, "user_id": None}), check_example({**good, "rating": True})
+    (('user_id', 'missing (a string or an integer)'), ('rating', 'expected a number'))
+    >>> check_example({**good, "history": {"a": 1}})
+    ('history', 'expected a list of objects')
+    """
+    for name in ("id", "user_id", "item_id"):
+        value = example.get(name)
+        if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
+            return name, "missing (a string or an integer)"
+    if not is_number(example.get("rating")):
+        return "rating", "expected a number"
+    history = example.get("history")
+    if history is not None and (
+        not isinstance(history, list) or not all(isinstance(h, dict) for h in history)
+    ):
+        return "history", "expected a list of objects"
+    return None
 
 
 def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
@@ -53,7 +78,11 @@ def read_split(data_dir: str | Path, split: str) -> list[dict[str, Any]]:
 
 
 def is_number(value: Any) -> bool:
-    """A finite int or float, not a bool."""
+    """A finite int or float, not a bool (JSON `true` is no 1-star rating).
+
+    >>> is_number(4), is_number(3.5), is_number(True), is_number(float("nan")), is_number("4")
+    (True, True, False, False, False)
+    """
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

@@ -46,11 +46,15 @@ _INPUTS = (
     "where there is one, the user's review; and target_item, the information about a new item. "
     "Ratings go from {lo} (worst) to {hi} (best)."
 )
+_EVIDENCE = {  # said in the system prompt only when the user message carries the block
+    "reviews": " target_item_reviews are earlier ratings of target_item by other users.",
+    "stats": " rating_stats are average ratings from before: this user's, target_item's and all "
+    "users'.",
+}
 _SYSTEM = {
-    "reczero": _INPUTS
-    + "\n\nThink before you recommend. Answer in exactly four tagged steps, in this order:\n"
-    "1. <analyze user>...</analyze user>: for each item in the history, write what the user "
-    "liked, marked [like], and disliked, marked [dislike], judging from the rating and the "
+    "reczero": "\n\nThink before you recommend. Answer in exactly four tagged steps, in this "
+    "order:\n1. <analyze user>...</analyze user>: for each item in the history, write what the "
+    "user liked, marked [like], and disliked, marked [dislike], judging from the rating and the "
     "review. Then sum up the user's interests as positive aspects, marked [pos], and negative "
     "aspects, marked [neg].\n"
     "2. <analyze item>...</analyze item>: describe the features of target_item, and what this "
@@ -58,12 +62,59 @@ _SYSTEM = {
     "3. <match>...</match>: connect steps 1 and 2 and reason whether target_item suits this "
     "user.\n"
     "4. " + _RATE_RULE + "\nWrite nothing after </rate>.",
-    "think": _INPUTS
-    + "\n\nFirst think in <think>...</think> about what this user likes and dislikes and whether "
-    "target_item suits them. Then give " + _RATE_RULE + "\nWrite nothing after </rate>.",
-    "none": _INPUTS + "\n\nDo not explain. Answer with " + _RATE_RULE,
+    "think": "\n\nFirst think in <think>...</think> about what this user likes and dislikes and "
+    "whether target_item suits them. Then give " + _RATE_RULE + "\nWrite nothing after </rate>.",
+    "none": "\n\nDo not explain. Answer with " + _RATE_RULE,
 }
-assert set(_SYSTEM) == set(TEMPLATE_BLOCKS)
+# The compact system prompts ask for the same blocks in about a quarter of the tokens: a 135M
+# model on a 400-token budget otherwise sees 1-2 history items (the full reczero text is ~340).
+_INPUTS_COMPACT = "Predict the rating ({lo} worst to {hi} best) this user gives target_item."
+_COMPACT = {
+    "reczero": " Answer in four tagged steps: <analyze user>[like]/[dislike] of past items, "
+    "[pos]/[neg] interests</analyze user> <analyze item>features, [like]/[dislike] for this "
+    "user</analyze item> <match>does it suit them?</match> <rate>one number</rate>",
+    "think": " Answer: <think>what they like and whether it suits them</think> "
+    "<rate>one number</rate>",
+    "none": " Answer only: <rate>one number</rate>",
+}
+assert set(_SYSTEM) == set(TEMPLATE_BLOCKS) == set(_COMPACT)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptStyle:
+    """What a prompt shows besides the history and the target: the recipe's `data:` keys
+    `item_history`, `stats`, `system` and `max_history` (see config.DataSection).
+
+    The evidence blocks appear only where the example carries them (`data prepare` writes
+    `item_history` and `stats`); `PromptStyle(item_history=0, stats=False)` is the paper's prompt.
+    """
+
+    item_history: int = 5
+    stats: bool = True
+    system: str = "full"
+    max_history: int | None = None
+
+    @classmethod
+    def of(cls, section: Any) -> PromptStyle:
+        """The style a recipe's `data:` section asks for."""
+        return cls(section.item_history, section.stats, section.system, section.max_history)
+
+
+DEFAULT_STYLE = PromptStyle()
+
+
+def system_prompt(template: str, style: PromptStyle, lo: str, hi: str, shown: set[str]) -> str:
+    """The system text for a template, in the style's length, naming the evidence `shown`.
+
+    >>> print(system_prompt("none", PromptStyle(system="compact"), "1", "5", {"stats"}))
+    Predict the rating (1 worst to 5 best) this user gives target_item. rating_stats are \
+average ratings from before: this user's, target_item's and all users'. Answer only: \
+<rate>one number</rate>
+    """
+    evidence = "".join(_EVIDENCE[key] for key in ("reviews", "stats") if key in shown)
+    if style.system == "compact":
+        return _INPUTS_COMPACT.format(lo=lo, hi=hi) + evidence + _COMPACT[template]
+    return (_INPUTS + evidence + _SYSTEM[template]).format(lo=lo, hi=hi)
 
 
 def fmt_number(value: Any) -> str:
@@ -139,6 +190,52 @@ def _history_text(history: list[dict[str, Any]], omitted: int, review_chars: int
     return "\n".join(lines)
 
 
+def item_reviews_text(entries: list[dict[str, Any]]) -> str:
+    """The `target_item_reviews` block: other users' earlier ratings of the target, oldest first.
+    One line when none has a review text, else a line each.
+
+    >>> item_reviews_text([{"rating": 4.0}, {"rating": 5}])
+    'ratings 4, 5 (oldest first)'
+    >>> print(item_reviews_text([{"rating": 2, "review": "Too  long."}, {"rating": 5}]))
+    - rating: 2 | review: Too long.
+    - rating: 5
+    >>> item_reviews_text([])
+    '(none before this one)'
+    """
+    if not entries:
+        return "(none before this one)"
+    if not any(entry.get("review") for entry in entries):
+        return "ratings " + ", ".join(fmt_number(e.get("rating")) for e in entries) + \
+            " (oldest first)"
+    lines = []
+    for entry in entries:
+        review = _one_line(entry.get("review") or "")
+        lines.append(f"- rating: {fmt_number(entry.get('rating'))}"
+                     + (f" | review: {review}" if review else ""))
+    return "\n".join(lines)
+
+
+def stats_text(stats: dict[str, Any]) -> str:
+    """The `rating_stats` line: means (2 decimals) and counts from before the target's time.
+
+    >>> stats_text({"user_mean": 3.6167, "user_count": 45, "item_mean": 4.1, "item_count": 120,
+    ...             "global_mean": 3.5291})
+    'this user 3.62 (45 ratings) | target_item 4.10 (120 ratings) | all users 3.53'
+    >>> stats_text({"user_mean": None, "user_count": 0, "item_mean": None, "item_count": 0,
+    ...             "global_mean": 3.5})
+    'this user none yet | target_item none yet | all users 3.50'
+    """
+    def mean(key: str, count_key: str | None) -> str:
+        value = stats.get(key)
+        if value is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return "none yet"
+        count = stats.get(count_key) if count_key else None
+        return f"{value:.2f}" + (f" ({count} ratings)" if count is not None else "")
+
+    return (f"this user {mean('user_mean', 'user_count')} | target_item "
+            f"{mean('item_mean', 'item_count')} | all users {mean('global_mean', None)}")
+
+
 def build_messages(
     example: dict[str, Any],
     template: str = "reczero",
@@ -146,11 +243,13 @@ def build_messages(
     *,
     omitted: int = 0,
     review_chars: int | None = None,
+    style: PromptStyle = DEFAULT_STYLE,
 ) -> list[dict[str, str]]:
     """System + user chat messages for a prepared example or a bare `{"history", "target"}` request.
 
     `omitted` says how many older history items were left out (shown to the model as a line);
     `review_chars` shortens every review to at most that many characters (see `render_prompt`).
+    The evidence the example carries (`item_history`, `stats`) is shown as `style` says.
 
     >>> past = {"item_id": "i1", "item": {"title": "Kind of Blue"}, "rating": 5, "review": "Cool."}
     >>> example = {"item_id": "i9", "target": {"title": "Blue Train"}, "history": [past]}
@@ -167,6 +266,18 @@ def build_messages(
     title: Blue Train
     <BLANKLINE>
     Predict the rating this user gives target_item, from 1 to 5.
+    >>> example["item_history"] = [{"user_id": "u7", "rating": 4, "review": ""}]
+    >>> example["stats"] = {"user_mean": 5.0, "user_count": 1, "item_mean": 4.0, "item_count": 1,
+    ...                     "global_mean": 3.9}
+    >>> print(build_messages(example, "none")[1]["content"].split("target_item:")[1])
+    <BLANKLINE>
+    title: Blue Train
+    <BLANKLINE>
+    target_item_reviews: ratings 4 (oldest first)
+    <BLANKLINE>
+    rating_stats: this user 5.00 (1 ratings) | target_item 4.00 (1 ratings) | all users 3.90
+    <BLANKLINE>
+    Predict the rating this user gives target_item, from 1 to 5.
     """
     if template not in TEMPLATE_BLOCKS:
         raise InputError(
@@ -176,14 +287,25 @@ def build_messages(
         raise InputError("the example has no target item (a dict of item meta)", field="target")
     lo, hi = fmt_number(scale[0]), fmt_number(scale[1])
     history = list(example.get("history") or [])
-    user = (
-        f"user_purchase_history:\n{_history_text(history, omitted, review_chars)}\n\n"
-        f"target_item:\n{item_text(example['target'], example.get('item_id'))}\n\n"
-        f"Predict the rating this user gives target_item, from {lo} to {hi}."
-    )
+    blocks = [
+        f"user_purchase_history:\n{_history_text(history, omitted, review_chars)}",
+        f"target_item:\n{item_text(example['target'], example.get('item_id'))}",
+    ]
+    shown = set()
+    item_history = example.get("item_history")
+    if style.item_history and isinstance(item_history, list):
+        reviews = item_reviews_text(item_history[len(item_history) - style.item_history:]
+                                    if len(item_history) > style.item_history else item_history)
+        sep = "\n" if "\n- " in f"\n{reviews}" else " "
+        blocks.append(f"target_item_reviews:{sep}{reviews}")
+        shown.add("reviews")
+    if style.stats and isinstance(example.get("stats"), dict):
+        blocks.append(f"rating_stats: {stats_text(example['stats'])}")
+        shown.add("stats")
+    blocks.append(f"Predict the rating this user gives target_item, from {lo} to {hi}.")
     return [
-        {"role": "system", "content": _SYSTEM[template].format(lo=lo, hi=hi)},
-        {"role": "user", "content": user},
+        {"role": "system", "content": system_prompt(template, style, lo, hi, shown)},
+        {"role": "user", "content": "\n\n".join(blocks)},
     ]
 
 
@@ -297,8 +419,12 @@ def render_prompt(
     template: str = "reczero",
     scale: tuple[float, float] = (1.0, 5.0),
     max_prompt_tokens: int | None = None,
+    style: PromptStyle = DEFAULT_STYLE,
 ) -> RenderedPrompt:
     """Render an example with the tokenizer's chat template, within `max_prompt_tokens`.
+
+    `style.max_history` keeps only the newest N history items (counted as dropped, like the
+    budget's cuts); the evidence blocks are short and never cut.
 
     Over budget, the oldest history items are dropped first (binary search for the longest recent
     tail that fits). If not even the newest item fits, its review is shortened to the longest
@@ -307,6 +433,10 @@ def render_prompt(
     """
     merge = not supports_system_role(tokenizer)
     history = list(example.get("history") or [])
+    capped = 0
+    if style.max_history is not None and len(history) > style.max_history:
+        capped = len(history) - style.max_history
+        history = history[capped:]
 
     def attempt(keep: int, review_chars: int | None = None) -> RenderedPrompt:
         kept = history[len(history) - keep :] if keep else []
@@ -314,8 +444,9 @@ def render_prompt(
             {**example, "history": kept},
             template,
             scale,
-            omitted=len(history) - keep,
+            omitted=capped + len(history) - keep,
             review_chars=review_chars,
+            style=style,
         )
         if merge:
             messages = merge_system(messages)
@@ -324,7 +455,7 @@ def render_prompt(
         if review_chars is not None:
             shortened = sum(len(_one_line(e.get("review") or "")) > review_chars for e in kept)
         return RenderedPrompt(
-            messages, text, count_tokens(text, tokenizer), len(history) - keep, shortened
+            messages, text, count_tokens(text, tokenizer), capped + len(history) - keep, shortened
         )
 
     full = attempt(len(history))

@@ -25,7 +25,7 @@ from recone_lite.config import Recipe, dump_recipe
 from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
 from recone_lite.prepared import iter_split
-from recone_lite.runs import RunRecord, prepare_run_dir
+from recone_lite.runs import RunRecord, open_run_dir
 from recone_lite.training import (
     Data,
     check_trainable,
@@ -43,6 +43,51 @@ from recone_lite.training import (
 )
 
 REJECTIONS = ("no_answer", "bad_format", "wrong_rating", "leaked_hint", "unknown_id", "held_out_id")
+DEFAULT_RECIPE = "music-sft"  # `sft --traces F` without --recipe, when no SFT recipe matches F
+
+
+def pick_recipe(traces: Path) -> tuple[str, list[str], str]:
+    """The recipe for `sft --traces F` without `--recipe`: `(name, overrides, why)`.
+
+    `traces make` records the prepared folder the traces come from (`"data"` on each line). The
+    packaged SFT recipe whose `data.dir` is that folder is picked; when none is, DEFAULT_RECIPE
+    with `data.dir` set to it (the trace ids are looked up there); when the traces record no
+    folder (older files, hand-made ones), DEFAULT_RECIPE as it is.
+    """
+    from recone_lite.config import packaged_recipes, read_raw_recipe
+
+    if not traces.is_file():
+        raise InputError("no such trace file", path=traces)
+    first = next(read_jsonl(traces), None)
+    if first is None:
+        raise InputError("no trace lines", path=traces)
+    data = first[1].get("data")
+    if not isinstance(data, str) or not data:
+        return DEFAULT_RECIPE, [], (f"{traces} records no data folder; the default SFT recipe "
+                                    "(pass --recipe to choose another)")
+    matches = []
+    for name, path in packaged_recipes().items():
+        try:
+            raw = read_raw_recipe(path)
+        except InputError:  # a broken packaged recipe cannot be the match
+            continue
+        section = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+        if raw.get("kind") == "sft" and section.get("dir") and _same_dir(section["dir"], data):
+            matches.append(name)
+    if matches:
+        name = DEFAULT_RECIPE if DEFAULT_RECIPE in matches else matches[0]
+        return name, [], f"its data.dir is {data}, where {traces} comes from"
+    return DEFAULT_RECIPE, [f"data.dir={data}"], (
+        f"no SFT recipe reads {data}, where {traces} comes from: the default SFT recipe with "
+        f"data.dir={data}")
+
+
+def _same_dir(a: str, b: str) -> bool:
+    """
+    >>> _same_dir("data/music", "./data/music/"), _same_dir("data/music", "data/book")
+    (True, False)
+    """
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def sft_row(messages: list[dict[str, str]], answer: str) -> dict[str, Any]:
@@ -236,22 +281,25 @@ def train(
         plan = print_plan("sft", recipe, args, n_train=len(pairs), n_pool=sum(counts.values()),
                           n_dev=len(dev), prompt=prompt, out_state=run_dir_state(out))
         return {**plan, "counts": dict(counts)}
-    checkpoint, previous = prepare_run_dir(out, dump_recipe(recipe), resume=resume,
-                                           overwrite=overwrite)
-    record = RunRecord(out, "sft", recipe_name, recipe.seed, previous)
-    model, tokenizer = load_trainable(recipe)
-    trainable, total = check_trainable(model)
-    rows = build_rows(pairs, tokenizer, recipe, data, args.max_length)
-    monitor = make_monitor(
-        record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
-    )
-    trainer = fit(model, tokenizer, rows, args, [monitor])
-    result = run_trainer(
-        trainer, monitor, record, checkpoint=checkpoint, section="sft", eval_at_start=True,
-        extra={"traces": str(traces), "trace_counts": dict(counts), "train_rows": len(rows),
-               "trainable_parameters": trainable, "total_parameters": total,
-               "init_adapter": recipe.init_adapter, "cuda": cuda_available()},
-    )
+    # the folder is locked while the run lasts; a run that --overwrite replaces is removed only
+    # once this one has started (model loaded, trainer built, run.json written), else put back
+    with open_run_dir(out, dump_recipe(recipe), resume=resume, overwrite=overwrite) as start:
+        checkpoint = start.checkpoint
+        record = RunRecord(out, "sft", recipe_name, recipe.seed, start.previous)
+        model, tokenizer = load_trainable(recipe)
+        trainable, total = check_trainable(model)
+        rows = build_rows(pairs, tokenizer, recipe, data, args.max_length)
+        monitor = make_monitor(
+            record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
+        )
+        trainer = fit(model, tokenizer, rows, args, [monitor])
+        start.started(record)
+        result = run_trainer(
+            trainer, monitor, record, checkpoint=checkpoint, section="sft", eval_at_start=True,
+            extra={"traces": str(traces), "trace_counts": dict(counts), "train_rows": len(rows),
+                   "trainable_parameters": trainable, "total_parameters": total,
+                   "init_adapter": recipe.init_adapter, "cuda": cuda_available()},
+        )
     before, after = result.get("dev_before") or {}, result["dev_metrics"]
     if before:
         log.info(f"format rate on dev: {before.get('format_rate')} before SFT -> "

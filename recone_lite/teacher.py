@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite import log
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, ReconeError
 from recone_lite.jsonl import dumps, write_jsonl
-from recone_lite.openai_client import stream_chat_completions  # imports openai only when called
+from recone_lite.openai_client import redact, stream_chat_completions  # openai: when called
 from recone_lite.prepared import read_scale, read_split
 from recone_lite.prompts import build_messages
 from recone_lite.traces import (
@@ -186,7 +186,7 @@ def make_traces(
             row = {"id": examples[i]["id"], "reason": reason, "stage": stage,
                    "rating": examples[i]["rating"], "teacher_rating": rating}
             if "error" in reply:
-                row["error"] = reply["error"]
+                row["error"] = redact(reply["error"])
             else:
                 row["completion"] = answer_text(reply["content"])
             dropped.append(row)
@@ -225,13 +225,15 @@ def make_traces(
                 drop(i, f"rationalized_{reason}", "rationalize", reply, rating)
 
     kept.sort(key=lambda pair: pair[0])
-    write_jsonl(out, (record for _, record in kept))
     order = {example["id"]: i for i, example in enumerate(examples)}
     dropped.sort(key=lambda row: order[row["id"]])
+    errors = [row for row in dropped if row["reason"] == "teacher_error"]
+    failed = teacher == "openai" and len(errors) == len(examples)  # no reply at all: an outage
+    if not failed:  # the source's data folder, so `sft --traces` can find its recipe
+        write_jsonl(out, ({**record, "data": str(data)} for _, record in kept))
     write_jsonl(dropped_path(out), dropped)
 
     kinds = Counter(record["kind"] for _, record in kept)
-    errors = [row for row in dropped if row["reason"] == "teacher_error"]
     summary = {
         "out": str(out),
         "dropped_file": str(dropped_path(out)),
@@ -252,6 +254,10 @@ def make_traces(
         "completion_tokens": counts["completion_tokens"],
     }
     log.info(cost_line(summary))
+    if failed:
+        raise ReconeError(
+            f"traces: all {len(examples)} teacher requests failed (first: {errors[0]['error']});"
+            f" nothing written to {out}; every error is in {dropped_path(out)}")
     return summary
 
 

@@ -334,6 +334,60 @@ def template_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     )
 
 
+def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0)) -> str:
+    """A short four-block answer that reasons from the evidence in the prompt (the user's likes,
+    the rating statistics, other users' earlier ratings of the item) and ends in the TRUE rating.
+
+    An offline rationalized trace: every line before `<rate>` is read off the prompt, so the
+    model learns to gather the evidence next to `<rate>` and how ratings spread around it; the
+    rating is the truth (a train or cold-start example's, never dev or test).
+
+    >>> past = [{"item_id": "a", "item": {"title": "Fargo", "categories": ["Crime"]}, "rating": 5},
+    ...         {"item_id": "b", "item": {"title": "Jaws", "categories": ["Horror"]}, "rating": 1}]
+    >>> example = {"id": "e1", "rating": 2.0, "history": past,
+    ...            "target": {"title": "Heat", "categories": ["Crime", "Drama"]},
+    ...            "item_history": [{"rating": 4.0}, {"rating": 3.0}],
+    ...            "stats": {"user_mean": 3.6167, "user_count": 45, "item_mean": 3.5,
+    ...                      "item_count": 2, "global_mean": 3.53}}
+    >>> text = evidence_answer(example)
+    >>> print(text)
+    <analyze user>[pos] Crime [neg] Horror</analyze user>
+    <analyze item>others 4 3; [like] Crime</analyze item>
+    <match>user 3.62, item 3.50</match>
+    <rate>2</rate>
+    >>> format_ok(text), parse_rating(text)
+    (True, 2.0)
+    """
+    liked: Counter[str] = Counter()
+    disliked: Counter[str] = Counter()
+    for entry in example.get("history") or []:
+        level = _level(entry.get("rating"), scale)
+        aspects = _aspects(entry.get("item")) or [_title(entry.get("item"), entry.get("item_id"))]
+        (liked if level > 0 else disliked if level < 0 else Counter()).update(aspects)
+    pos = [a for a, _ in liked.most_common(2)]
+    neg = [a for a, _ in disliked.most_common(2) if a not in pos]
+    stats = example.get("stats") or {}
+
+    def mean(key: str, count: str | None = None) -> str:
+        value = stats.get(key)
+        if value is None or (count and not stats.get(count)):
+            return "none"
+        return f"{float(value):.2f}"
+
+    aspects = _aspects(example.get("target")) or [_title(example.get("target"),
+                                                         example.get("item_id"))]
+    likes = [a for a in aspects if a in pos]
+    dislikes = [a for a in aspects if a in neg]
+    earlier = " ".join(fmt_number(e.get("rating")) for e in example.get("item_history") or [])
+    user = f"[pos] {', '.join(pos) or 'none'} [neg] {', '.join(neg) or 'none'}"
+    item = f"others {earlier or 'none'}"
+    item += f"; [like] {', '.join(likes)}" if likes else ""
+    item += f"; [dislike] {', '.join(dislikes)}" if dislikes else ""
+    match = f"user {mean('user_mean', 'user_count')}, item {mean('item_mean', 'item_count')}"
+    return (f"<analyze user>{user}</analyze user>\n<analyze item>{item}</analyze item>\n"
+            f"<match>{match}</match>\n<rate>{fmt_number(example['rating'])}</rate>")
+
+
 def template_trace(example: dict[str, Any], scale: tuple[float, float]) -> dict[str, Any]:
     """A `kind: "template"` trace record for one example (no teacher, no network)."""
     messages = build_messages(example, TEMPLATE, scale)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite import log
-from recone_lite.config import DataSection, Recipe
+from recone_lite.config import DataSection, Recipe, check_integrations
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.prepared import iter_split, read_scale
 from recone_lite.runs import RunRecord, write_log_history
@@ -102,10 +102,11 @@ def render_rows(
 ) -> list[tuple[dict[str, Any], Any]]:
     """`(example, RenderedPrompt)` pairs, rendered exactly as `predict` renders them (same chat
     template, same token budget); one log line counts the prompts that had to be shortened."""
-    from recone_lite.prompts import render_prompt
+    from recone_lite.prompts import PromptStyle, render_prompt
 
+    style = PromptStyle.of(section)
     rendered = [
-        (e, render_prompt(e, tokenizer, section.template, scale, section.max_prompt_tokens))
+        (e, render_prompt(e, tokenizer, section.template, scale, section.max_prompt_tokens, style))
         for e in examples
     ]
     shortened = sum(r.dropped_items > 0 or r.shortened_reviews > 0 for _, r in rendered)
@@ -346,6 +347,7 @@ def trainer_config(section: str, values: dict[str, Any], out: Path, seed: int) -
         "save_strategy": "steps",
     }
     merged = {**defaults, **values, **device_settings(section, values, cuda_available())}
+    check_integrations(section, merged["report_to"])  # before any model loads, dry runs too
     try:
         return cls(output_dir=str(out), **merged)
     except (ValueError, TypeError) as err:
@@ -399,13 +401,17 @@ def generation_mode(model: Any, tokenizer: Any) -> Iterator[None]:
 def evaluate(
     model: Any, tokenizer: Any, examples: list[dict[str, Any]], recipe: Recipe, data: Data
 ) -> dict[str, Any]:
-    """Greedy generation on `examples` as `predict` does it; MAE, RMSE, coverage (metrics.py),
-    the format rate and the mean completion length."""
+    """Greedy generation on `examples` as `predict` does it; MAE, RMSE, coverage (metrics.py)
+    under the recipe's readout, the format rate and the mean completion length. With the
+    expected readout the text readout's MAE/RMSE come along (`text_mae`, `text_rmse`): both
+    read the same completions."""
     from recone_lite.metrics import summarize
     from recone_lite.predict import hf_backend
+    from recone_lite.prompts import PromptStyle
+    from recone_lite.readout import expected_value, scale_values
     from recone_lite.rewards import format_ok, parse_rating
 
-    template = recipe.data.template
+    template, readout = recipe.data.template, recipe.evaluation.readout
     run = hf_backend(
         model,
         tokenizer,
@@ -415,16 +421,24 @@ def evaluate(
         max_new_tokens=recipe.evaluation.max_new_tokens,
         temperature=0.0,
         batch_size=recipe.evaluation.batch_size,
+        style=PromptStyle.of(recipe.data),
+        readout=readout,
     )
     with generation_mode(model, tokenizer):
         samples = [s[0] for s in run(iter(examples))]
-    predictions = [parse_rating(s.text, data.scale) for s in samples]
-    report = summarize(predictions, [float(e["rating"]) for e in examples], data.scale,
-                       data.fallback)
+    truths = [float(e["rating"]) for e in examples]
+    texts = [parse_rating(s.text, data.scale) for s in samples]
+    predictions = texts
+    if readout == "expected":
+        values = scale_values(data.scale)
+        predictions = [None if t is None else expected_value(values, s.probs)
+                       for t, s in zip(texts, samples, strict=True)]
+    report = summarize(predictions, truths, data.scale, data.fallback)
     formatted = sum(format_ok(s.text, template, data.scale) for s in samples)
     clipped = sum(s.tokens >= recipe.evaluation.max_new_tokens for s in samples)
-    return {
+    result = {
         "n": report["n"],
+        "readout": readout,
         "mae": report["mae"],
         "rmse": report["rmse"],
         "coverage": report["coverage"],
@@ -435,6 +449,10 @@ def evaluate(
         "histogram": report["histogram"],
         "example": samples[0].text,
     }
+    if readout == "expected":
+        text_report = summarize(texts, truths, data.scale, data.fallback)
+        result["text_mae"], result["text_rmse"] = text_report["mae"], text_report["rmse"]
+    return result
 
 
 def metrics_line(metrics: dict[str, Any]) -> str:
@@ -448,9 +466,11 @@ def metrics_line(metrics: dict[str, Any]) -> str:
         value = metrics.get(key)
         return "n/a" if value is None else f"{value:.{digits}f}"
 
+    text = "" if "text_mae" not in metrics else \
+        f" (text readout MAE {num('text_mae', 3)} · RMSE {num('text_rmse', 3)})"
     return (
         f"MAE {num('mae', 3)} · RMSE {num('rmse', 3)} · coverage {num('coverage', 2)} · "
-        f"format {num('format_rate', 2)} · {metrics.get('mean_tokens', 0):.0f} tokens"
+        f"format {num('format_rate', 2)} · {metrics.get('mean_tokens', 0):.0f} tokens{text}"
     )
 
 
@@ -736,10 +756,11 @@ def resolve_recipe(
     """The recipe with the command line's overrides, `--out` and `--init-adapter` applied (the
     run saves it so, and `--resume` compares against it). Unsloth is imported first, before the
     recipe's validation imports trl."""
-    from recone_lite.config import load_recipe
+    from recone_lite.config import check_report_to, load_recipe, resolve_recipe_path
 
     import_unsloth_first()
     recipe = load_recipe(name, overrides)
+    check_report_to(recipe, resolve_recipe_path(name))  # trainer_config checks again, for the API
     update: dict[str, Any] = {}
     if out is not None:
         update["output_dir"] = str(out)
@@ -866,10 +887,12 @@ def print_plan(
 
 def run_dir_state(out: Path) -> str:
     """How `train` would treat the output directory (for the dry run)."""
-    from recone_lite.runs import latest_checkpoint, read_run_json
+    from recone_lite.runs import is_run_dir, latest_checkpoint, read_run_json
 
     if not out.exists() or not any(out.iterdir()):
         return "new run"
+    if not is_run_dir(out):
+        return "not empty and holds no run: refused (choose a new or empty folder)"
     if read_run_json(out).get("status") == "finished":
         return "holds a finished run (--overwrite to replace it)"
     checkpoint = latest_checkpoint(out)

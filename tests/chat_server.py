@@ -3,7 +3,8 @@
 It answers every `POST .../chat/completions` with `reply(messages)` (default: a fixed rating),
 counts the requests it got, and fails the first requests as told by `failures`, a list of HTTP
 statuses (e.g. `[429, 500]`: the first request gets 429, the second 500, then success). Failures
-carry `retry-after-ms: 1`, so the client's backoff stays short in tests.
+carry `retry-after-ms: 1`, so the client's backoff stays short in tests, and `error_message` as
+their message (default: "injected STATUS").
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ class ChatServer:
         reply: Callable[[list[dict[str, Any]]], str] | None = None,
         failures: list[int] | None = None,
         reasoning: str | None = None,
+        error_message: str | None = None,
     ) -> None:
         self.reply = reply or (lambda messages: "<rate>4</rate>")
         self.failures = list(failures or [])
         self.reasoning = reasoning
+        self.error_message = error_message
         self.requests: list[dict[str, Any]] = []  # every request body received, failures too
         self.statuses: list[int] = []
         self.headers: list[dict[str, str]] = []
@@ -39,7 +42,8 @@ class ChatServer:
             status = self.failures.pop(0) if self.failures else 200
             self.statuses.append(status)
         if status != 200:
-            return status, {"error": {"message": f"injected {status}", "type": "test"}}
+            message = self.error_message or f"injected {status}"
+            return status, {"error": {"message": message, "type": "test"}}
         content = self.reply(body["messages"])
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if self.reasoning is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from training_helpers import main
 
 from recone_lite.config import apply_overrides, dump_recipe, load_recipe, packaged_recipes
 from recone_lite.errors import InputError
@@ -107,3 +109,131 @@ def test_validate_cli_exits_2_naming_file_and_key(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == f"error: {path}: lora_rank: unknown key"
+
+
+# --- grpo: / sft: values against the types of TRL's config fields ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("grpo.learning_rate=abc", "grpo.learning_rate: Input should be a valid number"),
+        ("grpo.max_steps=2.5", "grpo.max_steps: Input should be a valid integer"),
+        ("sft.bf16=sometimes", "sft.bf16: Input should be a valid boolean"),
+        ("grpo.report_to=[1]", "grpo.report_to[0]: Input should be a valid string"),
+    ],
+)
+def test_a_trainer_value_of_the_wrong_type_names_the_key(
+    recipe_file: Path, override: str, message: str
+) -> None:
+    with pytest.raises(InputError) as err:
+        load_recipe(str(recipe_file), [override])
+    assert str(err.value).startswith(f"{recipe_file}: {message}")
+    assert "\n" not in str(err.value)
+
+
+def test_trainer_values_keep_their_yaml_form_and_numbers_in_strings_convert(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "r.yaml"  # YAML 1.1 reads 1e-5 (no dot) as a string
+    path.write_text(BASE.replace("2.0e-6", "1e-5") + "sft:\n  lr_scheduler_type: cosine\n"
+                    "  save_steps: 25\n  bf16: 'true'\n")
+    recipe = load_recipe(str(path))
+    assert recipe.grpo["learning_rate"] == 1e-5 and isinstance(recipe.grpo["learning_rate"], float)
+    assert recipe.sft == {"lr_scheduler_type": "cosine", "save_steps": 25, "bf16": True}
+
+
+def _cli(*args: str | Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recone_lite", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("command", ["show", "validate", "dry-run"])
+def test_a_bad_trainer_value_is_one_line_before_anything_loads(
+    recipe_file: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    if command == "show":
+        code, _, err = main(capsys, "recipes", "show", recipe_file, "grpo.learning_rate=abc")
+    elif command == "validate":
+        recipe_file.write_text(BASE.replace("2.0e-6", "abc"))
+        code, _, err = main(capsys, "recipes", "validate", recipe_file)
+    else:
+        code, _, err = main(capsys, "train", "--recipe", recipe_file, "--dry-run",
+                            "grpo.learning_rate=abc")
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {recipe_file}: grpo.learning_rate: Input should be a valid number, unable to "
+        "parse string as a number (got 'abc')"
+    ]
+
+
+# --- report_to: every integration a recipe names is imported before a model loads -------------
+
+
+@pytest.fixture
+def without_tensorboard(tmp_path: Path) -> dict[str, str]:
+    """An environment in which `import tensorboard` fails as if it were not installed (it is not
+    installed here; this makes the test hold where it is)."""
+    blocked = tmp_path / "blocked" / "tensorboard"
+    blocked.mkdir(parents=True)
+    (blocked / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named "
+                                         "'tensorboard'\", name='tensorboard')\n")
+    return {**os.environ, "PYTHONPATH": str(blocked.parent)}
+
+
+def tracking_line(section: str) -> str:
+    return (f"{section}.report_to: tensorboard needs the tensorboard package, which is not "
+            f"installed (pip install 'recone-lite[track]'; or set {section}.report_to=none)")
+
+
+def test_train_dry_run_without_tensorboard_exits_2_with_one_line(
+    without_tensorboard: dict[str, str],
+) -> None:
+    """The issue's acceptance case, as a shell user meets it: a new process, nothing loaded."""
+    result = _cli("train", "--recipe", "music-grpo", "--dry-run", env=without_tensorboard)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {packaged_recipes()['music-grpo']}: {tracking_line('grpo')}"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("sft", "--traces", "traces.jsonl", "--recipe", "music-sft", "--dry-run"),
+        ("recipes", "validate", "music-grpo-8gb"),
+    ],
+    ids=["sft", "validate"],
+)
+def test_a_missing_tracking_package_is_one_line_naming_it_and_the_extra(
+    args: tuple[str, ...], capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # `import tensorboard` now fails
+    monkeypatch.delitem(sys.modules, "torch.utils.tensorboard", raising=False)
+    code, _, err = main(capsys, *args)
+    name = args[args.index("--recipe") + 1] if "--recipe" in args else args[-1]
+    section = "sft" if name == "music-sft" else "grpo"
+    assert code == 2
+    assert err.strip().splitlines() == [
+        f"error: {packaged_recipes()[name]}: {tracking_line(section)}"]
+
+
+def test_an_unknown_integration_is_named() -> None:
+    from recone_lite.config import check_integrations
+
+    with pytest.raises(InputError, match=r"^grpo.report_to: unknown integration 'tensorbord'"):
+        check_integrations("grpo", ["none", "tensorbord"])
+    check_integrations("grpo", "none")
+    check_integrations("sft", ["all"])
+
+
+# --- no bitsandbytes CPU-kernel warning on every command -------------------------------------
+
+
+def test_a_cpu_command_does_not_print_the_bitsandbytes_kernel_warning() -> None:
+    bare = subprocess.run([sys.executable, "-c", "import bitsandbytes"], capture_output=True,
+                          text=True, timeout=300)
+    if "gemm_4bit_forward" not in bare.stderr:
+        pytest.skip("bitsandbytes does not log the CPU kernel warning on this CPU")
+    result = _cli("recipes", "validate", "cpu-demo")  # imports trl, which imports bitsandbytes
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == ["ok\tcpu-demo"]

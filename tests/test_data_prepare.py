@@ -75,8 +75,19 @@ def test_counts_match_by_hand(tmp_path: Path) -> None:
                 "description": "Remastered"}, "rating": 3.0, "review": "review of b by u1"},
         ],
         "target": {},  # d has no meta: kept, with empty meta, and counted
+        # d by u2 (t=3000) is u2's test target, so never evidence: no item history for d.
+        "item_history": [],
+        # u1's train-period a (5) and b (3); every train-period rating before 4000: a, b by u1
+        # (5, 3) and by u2 (4, 5); c is both users' dev target.
+        "stats": {"user_mean": 4.0, "user_count": 2, "item_mean": None, "item_count": 0,
+                  "global_mean": 4.25},
     }
-    assert list(first) == ["id", "user_id", "item_id", "rating", "timestamp", "history", "target"]
+    assert list(first) == ["id", "user_id", "item_id", "rating", "timestamp", "history", "target",
+                           "item_history", "stats"]
+    # u2's train target b (t=2000) sees u1's b? No: u1's b is also at t=2000 (a tie).
+    assert splits["train"][1]["item_history"] == []
+    assert splits["test"][1]["stats"] == {"user_mean": 4.5, "user_count": 2, "item_mean": None,
+                                          "item_count": 0, "global_mean": 4.25}
     check_no_leaks(out, history=10)
 
 

@@ -104,7 +104,50 @@ def test_baselines_hand_computed(data: Path) -> None:
     assert test["item_mean"]["mae"] == round((2.4 + 2.0 + 0.5) / 3, 4)  # e ->3.4, b 4.0, a 3.5
     dev = report["splits"]["dev"]
     assert dev["user_mean"]["mae"] == round((2.0 + 0.0) / 2, 4)
-    assert set(test) == {"global_mean", "user_mean", "item_mean", "mf"}
+    assert set(test) == {"global_mean", "user_mean", "item_mean", "biases", "mf"}
+
+
+def als_biases(ratings, epochs=10, reg_u=15.0, reg_i=10.0):
+    """mu + b_u + b_i by alternating least squares, written out (scikit-surprise's defaults)."""
+    mu = sum(r for _, _, r in ratings) / len(ratings)
+    bu = {u: 0.0 for u, _, _ in ratings}
+    bi = {i: 0.0 for _, i, _ in ratings}
+    for _ in range(epochs):
+        for item in bi:
+            rows = [(u, r) for u, i, r in ratings if i == item]
+            bi[item] = sum(r - mu - bu[u] for u, r in rows) / (reg_i + len(rows))
+        for user in bu:
+            rows = [(i, r) for u, i, r in ratings if u == user]
+            bu[user] = sum(r - mu - bi[i] for i, r in rows) / (reg_u + len(rows))
+    return lambda user, item: min(5.0, max(1.0, mu + bu.get(user, 0.0) + bi.get(item, 0.0)))
+
+
+def test_biases_are_mu_plus_user_and_item_biases_fitted_on_train(data: Path) -> None:
+    fitted, note = fit_on_train(data)
+    ratings = train_ratings(iter_split(data, "train"))
+    expected = als_biases(ratings)
+    pairs = [("u1", "a"), ("u1", "e"), ("u2", "b"), ("u3", "a"), ("nobody", "nothing")]
+    assert [fitted["biases"](*p) for p in pairs] == pytest.approx([expected(*p) for p in pairs])
+    assert fitted["biases"]("nobody", "nothing") == pytest.approx(note["global_mean"])
+    again, _ = fit_on_train(data)
+    assert [again["biases"](*p) for p in pairs] == [fitted["biases"](*p) for p in pairs]
+
+
+def test_biases_beat_the_means_on_additive_data() -> None:
+    # rating = 3 + user offset + item offset: the biases model is right (up to its shrinkage),
+    # each mean sees only half of it
+    def rating(u: int, i: int) -> float:
+        return 3.0 + (u % 3 - 1) * 0.8 + (i % 5 - 2) * 0.5
+
+    cells = [(u, i) for u in range(30) for i in range(30)]
+    ratings = [(f"u{u}", f"i{i}", rating(u, i)) for u, i in cells if (u * 7 + i) % 5]
+    held = [(f"u{u}", f"i{i}", rating(u, i)) for u, i in cells if not (u * 7 + i) % 5]
+    fitted = fit_baselines(ratings, (1.0, 5.0))
+
+    def mae(name: str) -> float:
+        return sum(abs(fitted[name](u, i) - r) for u, i, r in held) / len(held)
+
+    assert mae("biases") < 0.75 * min(mae("user_mean"), mae("item_mean"))
 
 
 def test_mf_is_deterministic_and_on_scale(data: Path) -> None:
@@ -142,6 +185,7 @@ def test_baselines_command(data: Path) -> None:
     report = json.loads(result.stdout)
     assert set(report["splits"]) == {"dev", "test"}
     assert "global mean" in result.stderr and "biased MF" in result.stderr
+    assert "user+item bias" in result.stderr and "biases" in report["splits"]["test"]
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -188,7 +232,15 @@ def test_eval_reports_missing_extra_duplicate_ids(data: Path, tmp_path: Path) ->
         1,
     )
     assert report["model"]["mae"] == 1.0  # the first line of a duplicate counts
-    assert report["baselines"]["global_mean"]["n"] == 1  # baselines on the same examples
+    # the two examples without a prediction are failures: coverage 1/3, priced as the mean 3.4
+    model = report["model"]
+    assert (model["n"], model["coverage"], report["subset"]) == (3, 0.3333, None)
+    assert report["model"]["mae_with_failures"] == round((1.0 + 1.4 + 0.6) / 3, 4)
+    assert report["baselines"]["global_mean"]["n"] == 3  # baselines on the same examples
+
+    part = evaluate(data, preds, "test", subset=True)  # a part of the split on purpose
+    assert (part["model"]["n"], part["model"]["coverage"], part["subset"]) == (1, 1.0, "1 of 3")
+    assert part["baselines"]["global_mean"]["n"] == 1
 
     result = cli("eval", "--data", str(data), "--predictions", str(preds), "--strict")
     assert result.returncode == 2 and result.stdout == ""
@@ -196,6 +248,41 @@ def test_eval_reports_missing_extra_duplicate_ids(data: Path, tmp_path: Path) ->
     assert "1 ids appear more than once" in result.stderr
     assert "1 predictions match no example" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_eval_counts_missing_predictions_unless_subset(data: Path, tmp_path: Path) -> None:
+    """Ten of 943 answered must not read as full coverage; --subset says what it scored."""
+    preds = write_predictions(tmp_path / "p.jsonl", [{"id": "test-u1-e", "rating": 1.0}])
+    whole = cli("eval", "--data", str(data), "--predictions", str(preds))
+    assert whole.returncode == 0, whole.stderr
+    report = json.loads(whole.stdout)
+    assert report["model"]["coverage"] == 0.3333 and report["scored"] == 3
+    assert "counted as failures" in whole.stderr and "subset" not in report["model"]
+    part = cli("eval", "--data", str(data), "--predictions", str(preds), "--subset")
+    assert part.returncode == 0, part.stderr
+    report = json.loads(part.stdout)
+    assert report["model"]["coverage"] == 1.0 and report["subset"] == "1 of 3"
+    assert "subset: 1 of 3" in part.stderr and "counted as failures" not in part.stderr
+    strict = cli("eval", "--data", str(data), "--predictions", str(preds), "--strict")
+    assert strict.returncode == 2
+    assert "2 examples of split 'test' have no prediction" in strict.stderr
+    both = cli("eval", "--data", str(data), "--predictions", str(preds), "--subset", "--strict")
+    assert both.returncode == 0, both.stderr  # missing ids are the point of --subset
+
+
+def test_eval_non_utf8_predictions_name_the_line(data: Path, tmp_path: Path) -> None:
+    preds = tmp_path / "p.jsonl"
+    preds.write_bytes(b'{"id": "test-u1-e", "rating": 1}\n{"id": "test-u2-b", "x": "caf\xe9"}\n')
+    for args in (["--predictions", str(preds)], ["--predictions", "-"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "recone_lite", "eval", "--data", str(data), *args],
+            input=preds.read_bytes(), capture_output=True,
+        )
+        stderr = result.stderr.decode()
+        assert result.returncode == 2 and result.stdout == b""
+        name = args[1]
+        assert stderr.startswith(f"error: {name}:2: not valid UTF-8"), stderr
+        assert len(stderr.strip().splitlines()) == 1
 
 
 def test_eval_truth_mismatch_and_no_overlap(data: Path, tmp_path: Path) -> None:

@@ -297,6 +297,22 @@ def test_adapter_only_is_a_clean_peft_folder_with_the_base_recorded(tiny, tmp_pa
     PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny["base"]), str(out))
 
 
+def test_adapter_only_checks_the_base_fits_and_records_it_absolute(tiny, tmp_path, capsys,
+                                                                    monkeypatch):
+    other = tiny_base(tmp_path / "wider", hidden=64)  # same architecture, other shapes
+    code, out, err = cli(capsys, monkeypatch, "export", "--adapter", tiny["run"],
+                         "--adapter-only", tmp_path / "music", "--base", other)
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: base: ")
+    assert "does not fit" in err and "features where the adapter has" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wider"]  # nothing written
+    # a relative base is recorded as an absolute path: vLLM started elsewhere finds it
+    monkeypatch.chdir(tiny["base"].parent)
+    export(tiny["run"], adapter_only=tmp_path / "music", base="./base")
+    config = json.loads((tmp_path / "music" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny["base"].resolve())
+
+
 # --- GGUF -----------------------------------------------------------------------------------------
 
 

@@ -200,7 +200,7 @@ def test_bad_lines_exit_2_with_one_line(tmp_path):
 def test_existing_out_needs_resume_and_resume_needs_out(tmp_path):
     path = write_requests(tmp_path / "r.jsonl", [request(0)])
     out = tmp_path / "out.jsonl"
-    out.write_text("")
+    out.write_text('{"id": "r0", "rating": 4.0, "ok": true}\n')
     options = {"model": "m", "backend": "openai", "base_url": "http://127.0.0.1:9/v1"}
     with pytest.raises(InputError, match="exists; pass --resume"):
         predict(str(path), out=str(out), **options)

@@ -14,6 +14,7 @@ from recone_lite.fixtures import smollm2_gguf
 from recone_lite.prompts import (
     TEMPLATE_BLOCKS,
     TEMPLATES,
+    PromptStyle,
     build_messages,
     merge_system,
     messages_for_tokenizer,
@@ -268,3 +269,55 @@ def test_real_tokenizer_role_markers_and_budget() -> None:
         fitted = render_prompt(data, tokenizer, "reczero", max_prompt_tokens=budget)
         assert fitted.n_tokens <= budget and fitted.dropped_items > 0 and not fitted.over_budget
         assert "Target Album" in fitted.text
+
+
+# --- evidence and style ---------------------------------------------------------------------
+
+EVIDENCE = {
+    "item_history": [{"user_id": "u7", "timestamp": 5, "rating": 2.0, "review": "Dull."},
+                     {"user_id": "u8", "timestamp": 6, "rating": 5.0, "review": ""}],
+    "stats": {"user_mean": 4.25, "user_count": 4, "item_mean": 3.5, "item_count": 2,
+              "global_mean": 3.6},
+}
+
+
+def test_evidence_is_shown_only_where_the_example_carries_it() -> None:
+    plain = build_messages(example(), "reczero")
+    with_evidence = build_messages({**example(), **EVIDENCE}, "reczero")
+    assert "target_item_reviews" not in plain[0]["content"] + plain[1]["content"]
+    user = with_evidence[1]["content"]
+    assert "target_item_reviews:\n- rating: 2 | review: Dull.\n- rating: 5" in user
+    assert "rating_stats: this user 4.25 (4 ratings) | target_item 3.50 (2 ratings)" in user
+    assert user.index("target_item:") < user.index("target_item_reviews") < \
+        user.index("rating_stats") < user.index("Predict the rating")
+    assert "target_item_reviews are" in with_evidence[0]["content"]  # the system prompt says why
+
+
+def test_the_papers_prompt_is_one_style_away() -> None:
+    paper = PromptStyle(item_history=0, stats=False)
+    assert build_messages({**example(), **EVIDENCE}, "reczero", style=paper) == \
+        build_messages(example(), "reczero")
+
+
+def test_item_history_keeps_the_newest_entries() -> None:
+    user = build_messages({**example(), **EVIDENCE}, "none", style=PromptStyle(item_history=1))[1]
+    assert "ratings 5 (oldest first)" in user["content"] and "Dull" not in user["content"]
+
+
+def test_compact_system_prompt_is_short_and_names_every_block() -> None:
+    for template, blocks in TEMPLATE_BLOCKS.items():
+        full = build_messages(example(), template)[0]["content"]
+        compact = build_messages(example(), template, style=PromptStyle(system="compact"))[0]
+        assert len(compact["content"]) < len(full) / 2
+        for block in blocks:
+            assert f"<{block}>" in compact["content"]
+
+
+def test_max_history_keeps_the_newest_items_and_counts_the_rest(word_tokenizer) -> None:
+    films = example(n_history=6)
+    films["history"] = [dict(e, item={"title": f"Film {i}"})
+                        for i, e in enumerate(films["history"])]
+    rendered = render_prompt(films, word_tokenizer, "none", style=PromptStyle(max_history=2))
+    assert rendered.dropped_items == 4
+    assert "(4 older items omitted)" in rendered.text
+    assert "Film 4" in rendered.text and "Film 5" in rendered.text and "Film 3" not in rendered.text

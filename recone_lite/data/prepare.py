@@ -6,7 +6,8 @@ The review text (already cut to `review_chars`) is spilled to a temporary file, 
 meta of the items that survive the k-core filter (meta is read after the filter); both are read
 back by offset (`os.pread`) while the examples are written, a block of users at a time. What
 still grows with the input: those 32 bytes per review (plus the sort and split arrays built
-from them) and the two id dictionaries.
+from them, and about 35 bytes per review of evidence arrays, below) and the two id
+dictionaries.
 
 The split, for each user with interactions sorted by time (file order breaks ties):
 last -> test, second to last -> dev, the rest -> the train period (or, with `time_cutoff`,
@@ -16,6 +17,23 @@ time (same-time interactions are left out), the most recent `history` of them, o
 So no dev or test target is ever shown as history. Train-period interactions with fewer than
 `min_history` earlier ones are history only, not train targets. The cold-start pool is drawn
 (seeded) from the train targets and removed from them.
+
+Evidence of any example, under the same rule (train period only, strictly before the target's
+time, so never a dev or test target and never anything from the same second):
+- `item_history`: the target item's train-period interactions by other users, the newest
+  `item_history` of them (0: none), oldest first, each `{user_id, timestamp, rating, review}`
+  with the review cut to `item_review_chars` characters. Equal times keep the row order (users
+  in order of first appearance; at the cap the later ones are kept). A user never has an
+  earlier interaction with their own target item (duplicates keep the latest), so the entries
+  are always by other users.
+- `stats`: `{user_mean, user_count, item_mean, item_count, global_mean}`: the mean rating and
+  count of the user's earlier train-period interactions (all of them, not capped by `history`),
+  of the item's (by any other user), and the mean of all earlier train-period ratings. Means are
+  rounded to 4 decimals, `null` when there is nothing to average.
+Both come from sorted arrays: the train-period rows sorted by (item, time) with
+`np.searchsorted` for the item windows, prefix sums of ratings for the means. The item-history
+fragments are spilled once in that item-major order, so each example's item history is one
+contiguous byte range of the spill file.
 """
 
 from __future__ import annotations
@@ -32,10 +50,10 @@ from typing import Any
 
 import numpy as np
 
-from recone_lite.data.records import Loaded, ReadState
+from recone_lite.data.records import MAX_SECONDS, MIN_SECONDS, Loaded, ReadState
 from recone_lite.data.sources import loader
 from recone_lite.errors import InputError
-from recone_lite.jsonl import atomic_path, dumps
+from recone_lite.jsonl import atomic_path, check_replaceable, dumps, writer_lock
 from recone_lite.log import info, warn
 
 SPLITS = ("train", "dev", "test", "coldstart")  # split codes 0..3; -1 = history only
@@ -51,6 +69,8 @@ class Options:
     k_core: int = 5
     history: int = 10
     review_chars: int = 300
+    item_history: int = 5
+    item_review_chars: int = 120
     coldstart: int = 1000
     seed: int = 0
     time_cutoff: tuple[int, int] | None = None
@@ -69,9 +89,14 @@ def parse_time(text: str) -> int:
     """
     text = text.strip()
     try:
-        return int(float(text))
+        number = float(text)
     except ValueError:
-        pass
+        number = None
+    if number is not None and number == number:  # a number, not NaN
+        if not MIN_SECONDS <= number <= MAX_SECONDS:  # inf, 1e30: no date
+            raise InputError(f"{text!r} is not a time between the years 1 and 9999",
+                             field="--time-cutoff")
+        return int(number)
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
@@ -216,6 +241,146 @@ def history_windows(users: np.ndarray, times: np.ndarray, usable: np.ndarray,
     return np.maximum(first, hi - size), hi, hi - first
 
 
+def time_ranks(times: np.ndarray) -> np.ndarray:
+    """Dense rank of each time, 0 = the earliest; equal times share a rank.
+
+    >>> time_ranks(np.array([30, 10, 30, 20])).tolist()
+    [2, 0, 2, 1]
+    """
+    ranks = np.unique(times, return_inverse=True)[1].reshape(-1)
+    return ranks.astype(np.int64 if times.size >= 2**31 else np.int32)
+
+
+def item_keys(items: np.ndarray, ranks: np.ndarray, span: int) -> np.ndarray:
+    """One sortable int64 per row, item first, then time rank (`span` = the number of ranks).
+
+    >>> item_keys(np.array([1, 0]), np.array([0, 2]), 3).tolist()
+    [3, 2]
+    """
+    return items.astype(np.int64) * span + ranks
+
+
+def item_order(keys: np.ndarray, usable: np.ndarray) -> np.ndarray:
+    """The usable rows sorted by `keys` (item, then time); equal keys keep the row order.
+
+    >>> item_order(np.array([5, 1, 3, 1]), np.array([1, 1, 0, 1], bool)).tolist()
+    [1, 3, 0]
+    """
+    rows = np.flatnonzero(usable)
+    return rows[np.argsort(keys[rows], kind="stable")]
+
+
+def item_windows(sorted_keys: np.ndarray, keys: np.ndarray, span: int,
+                 size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For rows with `keys` (`item_keys`): the same item's usable rows strictly earlier in time as
+    a range `[lo, hi)` of positions in the item order (`sorted_keys` = the usable rows' keys,
+    sorted), the `size` newest of them, and how many were available before the cap.
+
+    >>> items, ranks = np.array([0, 1, 0, 0, 0]), np.array([0, 0, 1, 1, 2])
+    >>> keys = item_keys(items, ranks, 3)
+    >>> order = item_order(keys, np.array([1, 1, 1, 0, 1], bool))
+    >>> order.tolist()
+    [0, 2, 4, 1]
+    >>> lo, hi, available = item_windows(keys[order], keys, 3, 1)
+    >>> lo.tolist(), hi.tolist(), available.tolist()
+    ([0, 3, 0, 0, 1], [0, 3, 1, 1, 2], [0, 0, 1, 1, 2])
+    """
+    hi = np.searchsorted(sorted_keys, keys, side="left")
+    first = np.searchsorted(sorted_keys, keys - keys % span, side="left")
+    return np.maximum(first, hi - size), hi, hi - first
+
+
+def prefix_sums(values: np.ndarray) -> np.ndarray:
+    """Sums of the first 0, 1, ..., n values (n + 1 of them, float64).
+
+    >>> prefix_sums(np.array([4.0, 2.0, 5.0])).tolist()
+    [0.0, 4.0, 6.0, 11.0]
+    """
+    out = np.zeros(values.size + 1, dtype=np.float64)
+    np.cumsum(values, out=out[1:])
+    return out
+
+
+def before_rank(ranks: np.ndarray, usable: np.ndarray, ratings: np.ndarray,
+                span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per time rank: how many usable rows are strictly earlier, and the sum of their ratings.
+
+    >>> count, total = before_rank(np.array([1, 0, 1, 2]), np.array([1, 1, 1, 0], bool),
+    ...                            np.array([4.0, 2.0, 5.0, 1.0]), 3)
+    >>> count.tolist(), total.tolist()
+    ([0, 1, 3], [0.0, 2.0, 11.0])
+    """
+    counts = np.bincount(ranks[usable], minlength=span)
+    count = np.zeros(span + 1, dtype=np.int64 if ranks.size >= 2**31 else np.int32)
+    np.cumsum(counts, out=count[1:])
+    total = prefix_sums(np.bincount(ranks[usable], weights=ratings[usable], minlength=span))
+    return count[:span], total[:span]
+
+
+def shorter_review(review: bytes, chars: int) -> bytes:
+    r"""A spilled review (JSON string of text already folded) cut to `chars` characters, as
+    `fold` would cut the text; without decoding it when it is plain ASCII with no escapes.
+
+    >>> shorter_review(b'"Great sound, small case"', 13), shorter_review(b'"caf\xc3\xa9 noir"', 4)
+    (b'"Great sound,"', b'"caf\xc3\xa9"')
+    >>> shorter_review(b'"say \\"hi\\" to it"', 8)
+    b'"say \\"hi\\""'
+    """
+    body = review[1:-1]
+    if body.isascii() and b"\\" not in body:  # one byte per character, and only spaces
+        return b'"' + body[:chars].rstrip(b" ") + b'"'
+    return _encode(fold(json.loads(review), chars)).encode("utf-8", "replace")
+
+
+def mean_json(total: float, count: int) -> str:
+    """A mean rounded to 4 decimals, as JSON (`repr(round(mean, 4))`, about 3x faster);
+    `null` when there is nothing to average.
+
+    >>> mean_json(11.0, 3), mean_json(8.0, 2), mean_json(0.0, 0), mean_json(-1e-05, 1)
+    ('3.6667', '4.0', 'null', '-0.0')
+    >>> values = [0.12345, 2.00005, 3.99995, 1 / 3, 4.56785, 7.0, 1e-05]
+    >>> [mean_json(v, 1) for v in values] == [repr(round(v, 4)) for v in values]
+    True
+    """
+    if not count:
+        return "null"
+    text = f"{total / count:.4f}".rstrip("0")  # correctly rounded, as round() is
+    return text + "0" if text[-1] == "." else text
+
+
+def stats_json(user_sum: float, user_count: int, item_sum: float, item_count: int,
+               global_sum: float, global_count: int) -> bytes:
+    """The `stats` object of one example.
+
+    >>> stats_json(7.0, 2, 0.0, 0, 10.0, 3)
+    b'{"user_mean":3.5,"user_count":2,"item_mean":null,"item_count":0,"global_mean":3.3333}'
+    """
+    return (f'{{"user_mean":{mean_json(user_sum, user_count)},"user_count":{user_count},'
+            f'"item_mean":{mean_json(item_sum, item_count)},"item_count":{item_count},'
+            f'"global_mean":{mean_json(global_sum, global_count)}}}').encode()
+
+
+@dataclass
+class Evidence:
+    """What the writer needs for `item_history` and `stats`: sorted arrays, no Python objects.
+
+    `ranks`: time rank per row; `sorted_keys`: item keys of the usable rows in item order;
+    `item_sums`: prefix sums of their ratings in that order (the user's sums are made per block
+    of whole users); `global_count`, `global_sum`: per time rank; `offsets`: where the
+    item-history fragment of each usable row (in item order, each followed by a comma) starts
+    in the spill file, plus the end (all equal when `item_history` is 0); `size`: the cap.
+    """
+
+    ranks: np.ndarray
+    span: int
+    sorted_keys: np.ndarray
+    item_sums: np.ndarray
+    global_count: np.ndarray
+    global_sum: np.ndarray
+    offsets: np.ndarray
+    size: int
+
+
 # --- the pipeline ------------------------------------------------------------------------------
 
 
@@ -278,10 +443,67 @@ def _read_meta(loaded: Loaded, item_names: list[str], kept: np.ndarray,
     return offsets, lengths, {"meta_records_unused": unused, "meta_duplicates": duplicates}
 
 
+def _evidence(rows: dict[str, np.ndarray], usable: np.ndarray, order: np.ndarray,
+              sorted_keys: np.ndarray, ranks: np.ndarray, span: int, offsets: np.ndarray,
+              size: int) -> Evidence:
+    """The evidence arrays, from the rows sorted by (user, time) and the item order."""
+    global_count, global_sum = before_rank(ranks, usable, rows["r"], span)
+    return Evidence(ranks=ranks, span=span, sorted_keys=sorted_keys,
+                    item_sums=prefix_sums(rows["r"][order]), global_count=global_count,
+                    global_sum=global_sum, offsets=offsets, size=size)
+
+
+def _spill_item_reviews(spill_path: Path, rows: dict[str, np.ndarray], order: np.ndarray,
+                        user_names: list[str], chars: int, review_chars: int) -> np.ndarray:
+    """Append the item-history fragment of each usable row, in item order, to the spill file:
+    `{"user_id", "timestamp", "rating", "review"},` with the review cut to `chars`. Returns where
+    each starts, plus the end, so that a window `[lo, hi)` is one byte range."""
+    offsets = np.empty(order.size + 1, dtype=np.int64)
+    cut = chars < review_chars
+    with open(spill_path, "rb") as source, open(spill_path, "ab", buffering=1 << 20) as out:
+        read = _reader(source)
+        position = offsets[0] = out.tell()
+        for a in range(0, order.size, BLOCK):
+            index = order[a:a + BLOCK]
+            ends = array("q")
+            for u, t, r, start, end in zip(*(rows[key][index].tolist() for key in
+                                              ("u", "t", "r", "start", "end")), strict=True):
+                review = read(end - start, start) if chars else b'""'
+                if cut and len(review) > chars + 2:  # JSON of over `chars` characters
+                    review = shorter_review(review, chars)
+                frag = b"".join((b'{"user_id":', _encode(user_names[u]).encode("utf-8", "replace"),
+                                 b',"timestamp":', str(t).encode(), b',"rating":',
+                                 repr(r).encode(), b',"review":', review, b"},"))
+                out.write(frag)
+                position += len(frag)
+                ends.append(position)
+            offsets[a + 1:a + 1 + index.size] = np.frombuffer(ends, dtype=np.int64)
+    return offsets
+
+
+def _block_evidence(ev: Evidence, rows: dict[str, np.ndarray], usable: np.ndarray, a: int, b: int,
+                    base: int, hi: np.ndarray, available: np.ndarray) -> list[list]:
+    """Per row of rows[a:b] (whole users; `base` usable rows before them): item-history byte
+    range (start, end) and the six stats numbers."""
+    keys = item_keys(rows["i"][a:b], ev.ranks[a:b], ev.span)
+    ilo, ihi, icount = item_windows(ev.sorted_keys, keys, ev.span, ev.size)
+    del keys
+    ranks = ev.ranks[a:b]
+    user_sums = prefix_sums(rows["r"][a:b][usable[a:b]])
+    user_hi = hi[a:b] - base
+    return [ev.offsets[ilo].tolist(), ev.offsets[ihi].tolist(),
+            (user_sums[user_hi] - user_sums[user_hi - available[a:b]]).tolist(),
+            available[a:b].tolist(),
+            (ev.item_sums[ihi] - ev.item_sums[ihi - icount]).tolist(), icount.tolist(),
+            ev.global_sum[ranks].tolist(), ev.global_count[ranks].tolist()]
+
+
 def _write(folder: Path, rows: dict[str, np.ndarray], target: np.ndarray, usable: np.ndarray,
-           lo: np.ndarray, hi: np.ndarray, names: dict[str, list[str]],
-           meta: tuple[np.ndarray, np.ndarray], spill_path: Path) -> dict[str, int]:
+           windows: tuple[np.ndarray, np.ndarray, np.ndarray], names: dict[str, list[str]],
+           meta: tuple[np.ndarray, np.ndarray], spill_path: Path,
+           ev: Evidence) -> dict[str, int]:
     """Write the four JSONL files, user by user, building each line from pre-encoded parts."""
+    lo, hi, available = windows
     folder.mkdir()
     handles = [open(folder / f"{name}.jsonl", "wb", buffering=1 << 20) for name in SPLITS]
     counts = dict.fromkeys(SPLITS, 0)
@@ -297,7 +519,10 @@ def _write(folder: Path, rows: dict[str, np.ndarray], target: np.ndarray, usable
                 cols = [rows[key][a:b].tolist() for key in ("u", "i", "r", "t", "start", "end")]
                 _write_block(handles, counts, zip(*cols, target[a:b].tolist(),
                                                   usable[a:b].tolist(), lo[a:b].tolist(),
-                                                  hi[a:b].tolist(), strict=True),
+                                                  hi[a:b].tolist(),
+                                                  *_block_evidence(ev, rows, usable, a, b, base, hi,
+                                                                   available),
+                                                  strict=True),
                              base, names, meta, spill)
                 base += int(np.count_nonzero(usable[a:b]))
                 a = b
@@ -326,7 +551,8 @@ def _write_block(handles, counts, block, base, names, meta, spill) -> None:
     items: dict[int, tuple[bytes, bytes]] = {}  # item -> (id JSON, meta JSON), for this block
     frags: list[bytes] = []
     last_user, user_json, user_name = -1, b"", ""
-    for u, i, r, t, start, end, split, usable, lo, hi in block:
+    for (u, i, r, t, start, end, split, usable, lo, hi, item_start, item_end, user_sum,
+         user_count, item_sum, item_count, global_sum, global_count) in block:
         if u != last_user:
             last_user, user_name = u, user_names[u]
             user_json = _encode(user_name).encode("utf-8", "replace")
@@ -344,7 +570,11 @@ def _write_block(handles, counts, block, base, names, meta, spill) -> None:
                 b'{"id":', example_id,
                 b',"user_id":', user_json, b',"item_id":', ij, b',"rating":', rating,
                 b',"timestamp":', stamp, b',"history":[', b",".join(frags[lo - base:hi - base]),
-                b'],"target":', item_meta, b"}\n"))
+                b'],"target":', item_meta,
+                b',"item_history":[', spill(item_end - item_start - 1, item_start)
+                if item_end > item_start else b"",
+                b'],"stats":', stats_json(user_sum, user_count, item_sum, item_count, global_sum,
+                                          global_count), b"}\n"))
             handles[split].write(line)
             counts[name] += 1
         if usable:
@@ -358,13 +588,21 @@ def prepare(source: str, reviews: Path | None, meta: Path | None, out: Path,
     """Prepare `out/` (train, dev, test, coldstart JSONL + manifest.json); return the manifest.
 
     The whole folder is written under a temporary name and renamed at the end, so a failure
-    leaves nothing at `out`.
+    leaves nothing at `out`. `overwrite` replaces only a prepared data folder (manifest.json) or
+    an empty one, and the old data stays until the new is complete. A second prepare to the same
+    `out` while one runs is refused (the lock `.NAME.lock` beside it).
     """
     load = loader(source)
     out = Path(out)
-    if out.exists() and (not overwrite or not out.is_dir()):
-        raise InputError("already exists; pass --overwrite to replace it" if out.is_dir() else
-                         "exists and is not a folder", path=out, field="--out")
+    with writer_lock(out):
+        check_replaceable(out, overwrite=overwrite, marker="manifest.json",
+                          what="prepared data folder")
+        return _prepare(source, reviews, meta, out, options, load)
+
+
+def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, options: Options,
+             load: Any) -> dict[str, Any]:
+    """`prepare` once `out` is locked and checked."""
     for given, flag in ((reviews, "--reviews"), (meta, "--meta")):
         if given is not None and not Path(given).exists():
             raise InputError("no such file or folder", path=given, field=flag)
@@ -413,9 +651,21 @@ def prepare(source: str, reviews: Path | None, meta: Path | None, out: Path,
         without_meta = int(np.count_nonzero(meta_lengths[kept_items] == 0))
         if without_meta and meta is not None:
             warn(f"{without_meta:,} of {kept_items.size:,} items have no meta; their meta is {{}}")
-        examples = _write(tmp_out, rows, target, usable, lo, hi,
+        ranks = time_ranks(rows["t"])
+        span = int(ranks.max()) + 1
+        keys = item_keys(rows["i"], ranks, span)
+        order = item_order(keys, usable)
+        sorted_keys = keys[order]
+        del keys
+        offsets = (_spill_item_reviews(spill_path, rows, order, table["users"],
+                                       options.item_review_chars, options.review_chars)
+                   if options.item_history else np.zeros(order.size + 1, dtype=np.int64))
+        evidence = _evidence(rows, usable, order, sorted_keys, ranks, span, offsets,
+                             options.item_history)
+        del order
+        examples = _write(tmp_out, rows, target, usable, (lo, hi, available),
                           {"users": table["users"], "items": table["items"]},
-                          (meta_offsets, meta_lengths), spill_path)
+                          (meta_offsets, meta_lengths), spill_path, evidence)
         for name in ("train", "dev", "test"):
             if not examples[name]:
                 warn(f"the {name} split is empty; check --time-cutoff, --k-core, --min-history")

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from recone_lite.errors import InputError
 
 META_TEXT_CHARS = 200  # description / features / attributes are cut to this many characters
+MIN_SECONDS, MAX_SECONDS = -62135596800, 253402300799  # 0001-01-01 .. 9999-12-31 (UTC)
 
 
 class Interaction(NamedTuple):
@@ -92,8 +93,14 @@ class ReadState:
         Traceback (most recent call last):
         ...
         recone_lite.errors.InputError: r:2: overall: rating 7 is outside the scale 1-5
+        >>> ReadState(path="r", line=3).rating(True, "overall")  # JSON true is not 1 star
+        Traceback (most recent call last):
+        ...
+        recone_lite.errors.InputError: r:3: overall: rating True is not a number
         """
         try:
+            if isinstance(value, bool):  # bool is an int in Python: float(True) == 1.0
+                raise TypeError
             rating = float(value)
         except (TypeError, ValueError):
             self.bad("bad_value", f"rating {value!r} is not a number", field)
@@ -108,17 +115,37 @@ class ReadState:
     def timestamp(self, value: Any, field: str, divisor: int = 1) -> int | None:
         """`value` (seconds, or milliseconds with divisor=1000) as int seconds, or None.
 
+        Seconds must fall between the years 1 and 9999 (what dates can show); `Infinity`, NaN,
+        `1e30` and JSON `true` are bad values, raised or counted like any other.
+
         >>> ReadState().timestamp(1588615855070, "timestamp", 1000)
         1588615855
+        >>> ReadState().timestamp("881250949", "timestamp"), ReadState().timestamp(8.5e8, "t")
+        (881250949, 850000000)
+        >>> ReadState(path="r", line=4).timestamp(float("inf"), "timestamp")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        recone_lite.errors.InputError: r:4: timestamp: timestamp inf is not a time in seconds ...
+        >>> state = ReadState(path="r", line=5, skip_bad=True)
+        >>> state.timestamp(1e30, "timestamp"), dict(state.skipped)
+        (None, {'bad_timestamp': 1})
         """
-        try:
-            return int(value) // divisor
-        except (TypeError, ValueError):
+        seconds: int | None = None
+        if not isinstance(value, bool):
             try:
-                return int(float(value)) // divisor
-            except (TypeError, ValueError):
-                self.bad("bad_value", f"timestamp {value!r} is not a number", field)
-                return None
+                seconds = int(value) // divisor
+            except (TypeError, ValueError, OverflowError):
+                try:
+                    number = float(value)
+                    seconds = int(number) // divisor if math.isfinite(number) else None
+                except (TypeError, ValueError, OverflowError):
+                    self.bad("bad_value", f"timestamp {value!r} is not a number", field)
+                    return None
+        if seconds is None or not MIN_SECONDS <= seconds <= MAX_SECONDS:
+            self.bad("bad_timestamp", f"timestamp {value!r} is not a time in seconds between "
+                     "the years 1 and 9999", field)
+            return None
+        return seconds
 
 
 def missing(obj: dict[str, Any], fields: tuple[str, ...]) -> str | None:

@@ -1,0 +1,213 @@
+"""Rating quality on MovieLens-100k: does training with recone-lite beat the baselines?
+
+Trains the `cpu-quality` recipe (evidence warm-up, then GRPO) and predicts on the test split
+(by default all 943 users) at three stages, beside every baseline fitted on train:
+
+- `before`:  the base model, no adapter;
+- `warmup`:  the adapter as the warm-up left it (`RUN/warmup-adapter`);
+- `grpo`:    the final adapter.
+
+Each stage is one greedy `predict` pass with `--readout expected`, whose rows carry both the
+distribution's mean (`rating`) and the number written in `<rate>` (`text_rating`): both readouts
+are scored from the same completions with `metrics.summarize`. Dev metrics (200 examples, after
+the warm-up and after GRPO) come from the run's run.json. Writes the JSON (one `eval`-style
+summary per stage and readout) and the results table in docs/results.md, between its markers.
+
+    python bench/quality.py                                   # the full run; run it alone
+    python bench/quality.py --test-limit 200 warmup.steps=20  # a shorter look (recipe overrides)
+
+A finished run in --out is reused (pass --retrain to train again); predictions already written
+for a stage are reused too (the predict files resume), so a killed bench continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recone_lite import grpo  # noqa: E402
+from recone_lite.baselines import LABELS, baseline_predictions, fit_on_train  # noqa: E402
+from recone_lite.config import load_recipe  # noqa: E402
+from recone_lite.data.prepare import Options, prepare  # noqa: E402
+from recone_lite.jsonl import read_jsonl  # noqa: E402
+from recone_lite.metrics import fmt_metric, summarize  # noqa: E402
+from recone_lite.predict import predict  # noqa: E402
+from recone_lite.runs import read_run_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_BEGIN, MARK_END = "<!-- quality-ml100k:begin -->", "<!-- quality-ml100k:end -->"
+KEPT = ("n", "parsed", "coverage", "mae", "rmse", "mae_with_failures", "rmse_with_failures",
+        "mean_prediction", "per_rating", "histogram", "truth_histogram")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("overrides", nargs="*", help="recipe overrides, key.sub=value")
+    parser.add_argument("--recipe", default="cpu-quality")
+    parser.add_argument("--data", type=Path, default=ROOT / "data" / "ml-100k")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-quality")
+    parser.add_argument("--test-limit", type=int, default=None, help="first N test examples")
+    parser.add_argument("--retrain", action="store_true", help="train again over a finished run")
+    parser.add_argument("--results", type=Path,
+                        default=ROOT / "bench" / "results" / "quality-ml100k.json")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results.md",
+                        help="the page whose table between the markers is rewritten")
+    return parser.parse_args(argv)
+
+
+def test_file(data: Path, limit: int | None, folder: Path) -> Path:
+    """The test split, or its first `limit` lines in a file of their own."""
+    source = data / "test.jsonl"
+    if limit is None:
+        return source
+    path = folder / f"test-first-{limit}.jsonl"
+    if not path.is_file():
+        with open(source, encoding="utf-8") as lines:
+            path.write_text("".join(line for _, line in zip(range(limit), lines, strict=False)),
+                            encoding="utf-8")
+    return path
+
+
+def predict_stage(recipe: Any, requests: Path, adapter: Path | None, out: Path) -> float:
+    """One greedy predict pass with the expected readout (resumes a partial file); wall seconds."""
+    started = time.perf_counter()
+    section = recipe.data
+    predict(
+        str(requests), model=recipe.model.name, gguf_file=recipe.model.gguf_file,
+        adapter=str(adapter) if adapter else None, template=section.template,
+        max_prompt_tokens=section.max_prompt_tokens, batch_size=recipe.evaluation.batch_size,
+        max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0, out=str(out),
+        resume=out.exists(), completion=True, readout="expected",
+        prompt={"item_history": section.item_history, "stats": section.stats,
+                "system": section.system, "max_history": section.max_history},
+    )
+    return time.perf_counter() - started
+
+
+def score(rows: list[dict[str, Any]], examples: list[dict[str, Any]], scale: tuple[float, float],
+          fallback: float) -> dict[str, Any]:
+    """Both readouts of one stage's rows, in the examples' order (a missing row is a failure)."""
+    by_id = {row["id"]: row for row in rows}
+    truths = [float(e["rating"]) for e in examples]
+    found = [by_id.get(e["id"], {}) for e in examples]
+    result = {}
+    for readout, key in (("expected", "rating"), ("text", "text_rating")):
+        report = summarize([row.get(key) for row in found], truths, scale, fallback)
+        result[readout] = {k: report[k] for k in KEPT}
+    result["forced"] = sum(bool(row.get("forced")) for row in found)
+    result["missing"] = sum(not row for row in found)
+    result["mean_tokens"] = round(sum(row.get("tokens", 0) for row in found) / len(found), 1)
+    return result
+
+
+def table(results: dict[str, Any]) -> str:
+    """The markdown table of test metrics: every baseline, then each stage under both readouts."""
+    lines = ["| test (n = {n}) | readout | MAE | RMSE | coverage |".format(n=results["test_n"]),
+             "|---|---|---|---|---|"]
+    for name, metrics in results["baselines"].items():
+        lines.append(f"| {LABELS.get(name, name)} | - | {fmt_metric(metrics['mae'])} | "
+                     f"{fmt_metric(metrics['rmse'])} | 1.0000 |")
+    for stage, scored in results["stages"].items():
+        for readout in ("expected", "text"):
+            metrics = scored[readout]
+            lines.append(f"| {stage} | {readout} | {fmt_metric(metrics['mae'])} | "
+                         f"{fmt_metric(metrics['rmse'])} | {fmt_metric(metrics['coverage'])} |")
+    dev = results["dev"]
+    lines += ["", "| dev (n = {n}) | MAE | RMSE | coverage | text MAE | text RMSE |".format(
+        n=(dev.get("after_warmup") or {}).get("n", "?")), "|---|---|---|---|---|---|"]
+    for stage in ("after_warmup", "after_grpo"):
+        metrics = dev.get(stage) or {}
+        lines.append(f"| {stage.replace('_', ' ')} | {fmt_metric(metrics.get('mae'))} | "
+                     f"{fmt_metric(metrics.get('rmse'))} | {fmt_metric(metrics.get('coverage'))} "
+                     f"| {fmt_metric(metrics.get('text_mae'))} | "
+                     f"{fmt_metric(metrics.get('text_rmse'))} |")
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, text: str) -> None:
+    """Replace what stands between the markers of `path` (append the block if they are absent)."""
+    block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
+    page = path.read_text(encoding="utf-8") if path.is_file() else "# Results\n"
+    if MARK_BEGIN in page and MARK_END in page:
+        head, rest = page.split(MARK_BEGIN, 1)
+        page = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        page = page.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(page, encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    clock = time.perf_counter()
+    timings: dict[str, float] = {}
+    if not (args.data / "manifest.json").is_file():
+        prepare("recbole-ml-100k", None, None, args.data, Options())
+    recipe = load_recipe(args.recipe, [f"data.dir={args.data}", f"output_dir={args.out}",
+                                       *args.overrides])
+    scale = tuple(json.loads((args.data / "manifest.json").read_text())["rating_scale"])
+    requests = test_file(args.data, args.test_limit, args.out.parent)
+    examples = list(read_jsonl(requests))
+
+    fitted, note = fit_on_train(args.data, recipe.seed)
+    baselines = {}
+    truths = [float(e["rating"]) for e in examples]
+    for name, predictions in baseline_predictions(fitted, examples).items():
+        report = summarize(predictions, truths, scale, note["global_mean"])
+        baselines[name] = {"mae": report["mae"], "rmse": report["rmse"]}
+
+    predictions = args.out.parent / f"{args.out.name}-predictions"
+    predictions.mkdir(parents=True, exist_ok=True)
+    suffix = f"-first{args.test_limit}" if args.test_limit else ""
+    started = time.perf_counter()
+    timings["predict_before_s"] = predict_stage(recipe, requests, None,
+                                                predictions / f"before{suffix}.jsonl")
+    run = read_run_json(args.out)
+    if run.get("status") != "finished" or args.retrain:
+        started = time.perf_counter()
+        grpo.train(recipe, resume=bool(run) and not args.retrain, overwrite=args.retrain,
+                   recipe_name=args.recipe)
+        timings["train_s"] = time.perf_counter() - started
+        run = read_run_json(args.out)
+    for stage, adapter in (("warmup", args.out / grpo.WARMUP_ADAPTER), ("grpo", args.out)):
+        timings[f"predict_{stage}_s"] = predict_stage(recipe, requests, adapter,
+                                                      predictions / f"{stage}{suffix}.jsonl")
+    stages = {}
+    for stage in ("before", "warmup", "grpo"):
+        rows = list(read_jsonl(predictions / f"{stage}{suffix}.jsonl"))
+        stages[stage] = score(rows, examples, scale, note["global_mean"])
+    results = {
+        "bench": "quality-ml100k",
+        "recipe": args.recipe,
+        "overrides": args.overrides,
+        "test_n": len(examples),
+        "baselines": baselines,
+        "baselines_fit": note,
+        "stages": stages,
+        "dev": {"after_warmup": run.get("dev_before"), "after_grpo": run.get("dev_metrics"),
+                "history": run.get("dev_history")},
+        "run": {key: run.get(key) for key in ("warmup", "global_step", "wall_time_s",
+                                              "mean_step_time_s", "versions", "seed")},
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "wall_s": round(time.perf_counter() - clock, 1),
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+    }
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = table(results)
+    print(text)
+    if args.test_limit is None:  # the committed page holds only the full run's numbers
+        write_docs(args.docs, text + f"\n\nMeasured by `python bench/quality.py` "
+                   f"({results['wall_s'] / 60:.0f} min on {results['machine']['cpus']} cores); "
+                   f"the JSON is bench/results/quality-ml100k.json.")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,148 @@
+"""Rating readouts: how a completion becomes a number.
+
+- `text`: the number written in the last `<rate>` block (`rewards.parse_rating`), as the paper
+  reads it.
+- `expected`: the mean of the model's own distribution over the scale's rating tokens ("1" ..
+  "5") at the position right after the last `<rate>`, renormalised over those tokens. Sampling or
+  greedily picking one digit throws away what a small model knows ("4 or 5, rather 4"); the
+  expected value keeps it, and it is what minimises squared error when the distribution is right.
+
+Coverage keeps its meaning under both: a row is parsed when the model wrote a readable `<rate>`
+block. Where it did not, the distribution can still be read after appending `<rate>` to the
+completion; such a row is `forced`: its value is reported beside it, never counted as parsed.
+
+The distribution is taken from the logits `generate` already computed when the `<rate>` boundary
+falls on a generated token; otherwise (forced rows, or a tokenisation that does not line up)
+from one extra forward pass over prompt + completion up to `<rate>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from recone_lite.errors import InputError
+
+READOUTS = ("text", "expected")
+RATE_OPEN = "<rate>"
+
+
+def scale_values(scale: tuple[float, float]) -> list[float]:
+    """The whole-number ratings of a scale, the values the expected readout weighs.
+
+    >>> scale_values((1.0, 5.0))
+    [1.0, 2.0, 3.0, 4.0, 5.0]
+    >>> scale_values((0.5, 5.0))
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: readout: --readout expected needs a scale of whole numbers \
+with at most 10 values (this one is 0.5-5)
+    """
+    lo, hi = scale
+    if lo != int(lo) or hi != int(hi) or not 0 <= lo < hi <= 10 or hi - lo > 9:
+        raise InputError(f"--readout expected needs a scale of whole numbers with at most 10 "
+                         f"values (this one is {lo:g}-{hi:g})", field="readout")
+    return [float(v) for v in range(int(lo), int(hi) + 1)]
+
+
+def rating_token_ids(tokenizer: Any, scale: tuple[float, float]) -> list[int]:
+    """The token id of each rating value as the model writes it right after `<rate>`.
+
+    Each value must be one token that does not merge with `<rate>` (true for the digits of
+    SmolLM2, Llama and Qwen tokenizers); otherwise the readout is refused with one line.
+    """
+    base = tokenizer.encode(RATE_OPEN, add_special_tokens=False)
+    ids = []
+    for value in scale_values(scale):
+        full = tokenizer.encode(f"{RATE_OPEN}{value:g}", add_special_tokens=False)
+        if len(full) != len(base) + 1 or full[: len(base)] != base:
+            raise InputError(f"--readout expected: the rating {value:g} is not one token after "
+                             f"{RATE_OPEN} for this tokenizer; use --readout text", field="readout")
+        ids.append(full[-1])
+    return ids
+
+
+def expected_value(values: Sequence[float], probs: Sequence[float]) -> float:
+    """The probability-weighted mean rating.
+
+    >>> expected_value([1, 2, 3, 4, 5], [0, 0, 0.25, 0.5, 0.25])
+    4.0
+    """
+    return float(sum(v * p for v, p in zip(values, probs, strict=True)))
+
+
+def rate_end(completion: str) -> int | None:
+    """The character index just after the last `<rate>` of a completion, or None.
+
+    >>> rate_end("<match>ok</match>\\n<rate>4</rate>")
+    24
+    >>> rate_end("no tags") is None
+    True
+    """
+    at = completion.rfind(RATE_OPEN)
+    return None if at < 0 else at + len(RATE_OPEN)
+
+
+def forced_prefix(completion: str) -> str:
+    """The completion with `<rate>` appended on a line of its own, to read a forced rating.
+
+    >>> forced_prefix("<match>fine</match>  ")
+    '<match>fine</match>\\n<rate>'
+    >>> forced_prefix("")
+    '<rate>'
+    """
+    text = completion.rstrip()
+    return f"{text}\n{RATE_OPEN}" if text else RATE_OPEN
+
+
+def token_boundary(decode: Callable[[int], str], n: int, end: int) -> int | None:
+    """The number of tokens whose decoded text is `end` characters long (binary search; decoded
+    length grows with the number of tokens), or None when no prefix ends exactly there.
+
+    >>> text = "ab<rate>4"
+    >>> token_boundary(lambda j: text[: [0, 2, 3, 7, 8, 9][j]], 5, 8)
+    4
+    >>> token_boundary(lambda j: text[: [0, 2, 3, 7, 9][j]], 4, 8) is None
+    True
+    """
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(decode(mid)) < end:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if len(decode(lo)) == end else None
+
+
+def normalise(logits_row: Any, token_ids: Sequence[int]) -> tuple[list[float], float]:
+    """Probabilities of the rating tokens renormalised over them, and the mass they held
+    under the full softmax (how sure the model was that a rating comes next).
+
+    >>> import math, torch
+    >>> probs, mass = normalise(torch.tensor([0.0, 0.0, math.log(3.0), 0.0]), [1, 2])
+    >>> [round(p, 3) for p in probs], round(mass, 3)
+    ([0.25, 0.75], 0.667)
+    """
+    import torch
+
+    row = logits_row.float()
+    picked = row[list(token_ids)]
+    mass = torch.exp(torch.logsumexp(picked, 0) - torch.logsumexp(row, 0)).item()
+    probs = torch.softmax(picked, 0).tolist()
+    return probs, mass
+
+
+def forward_distributions(model: Any, tokenizer: Any, texts: list[str],
+                          token_ids: Sequence[int]) -> list[tuple[list[float], float]]:
+    """One forward pass over full texts (left-padded); the rating distribution after each."""
+    import torch
+
+    inputs = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    inputs = inputs.to(model.device)
+    mask = inputs["attention_mask"]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+    with torch.inference_mode():
+        logits = model(input_ids=inputs["input_ids"], attention_mask=mask,
+                       position_ids=positions, logits_to_keep=1).logits[:, -1]
+    return [normalise(row, token_ids) for row in logits]
