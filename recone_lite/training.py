@@ -112,7 +112,8 @@ def render_rows(
     shortened = sum(r.dropped_items > 0 or r.shortened_reviews > 0 for _, r in rendered)
     over = sum(r.over_budget for _, r in rendered)
     lengths = sorted(r.n_tokens for _, r in rendered)
-    note = f"; {shortened} dropped old history to fit" if shortened else ""
+    note = f"; {shortened} without their oldest history items (data.max_history or the " \
+        "budget)" if shortened else ""
     note += f"; {over} over budget even with no history" if over else ""
     log.info(
         f"prompts: {len(rendered)} rendered, median {lengths[len(lengths) // 2]} tokens, max "

@@ -6,11 +6,26 @@ import gzip
 import json
 import subprocess
 import sys
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 SPLITS = ("train", "dev", "test", "coldstart")
+
+def k_core_pairs(pairs: set[tuple[str, str]], k: int) -> set[tuple[str, str]]:
+    """The (user, item) pairs left when users and items with fewer than k pairs are dropped,
+    repeated until nothing changes: the slow, obvious reference for `prepare.k_core`."""
+    while True:
+        by_user: dict[str, int] = defaultdict(int)
+        by_item: dict[str, int] = defaultdict(int)
+        for user, item in pairs:
+            by_user[user] += 1
+            by_item[item] += 1
+        kept = {(u, i) for u, i in pairs if by_user[u] >= k and by_item[i] >= k}
+        if kept == pairs:
+            return pairs
+        pairs = kept
 
 
 def write_lines(path: Path, lines: list[str], gz: bool = False) -> Path:

@@ -183,17 +183,22 @@ def test_cli_overwrite_with_a_model_that_does_not_load_keeps_the_old_run(
     assert snapshot(out) == old and hidden(tmp_path) == []
 
 
-def test_a_killed_overwrite_is_undone_by_the_next_run(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    old = fake_run(out)
-    ready = tmp_path / "ready"
-    process = holder(f"""
+def overwriting_holder(out: Path, ready: Path) -> subprocess.Popen:
+    """A process inside `open_run_dir(out, overwrite=True)` that has not started its run yet
+    (the old run is aside), waiting to be signalled."""
+    return holder(f"""
         import pathlib, time
         from recone_lite.runs import open_run_dir
         with open_run_dir(pathlib.Path({str(out)!r}), "a: 2\\n", resume=False, overwrite=True):
             pathlib.Path({str(ready)!r}).touch()
             time.sleep(120)
         """, ready)
+
+
+def test_a_killed_overwrite_is_undone_by_the_next_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    old = fake_run(out)
+    process = overwriting_holder(out, tmp_path / "ready")
     assert not (out / "run.json").exists()
     process.send_signal(signal.SIGKILL)  # no cleanup runs: the old run waits aside
     process.wait()
@@ -206,14 +211,7 @@ def test_a_killed_overwrite_is_undone_by_the_next_run(tmp_path: Path) -> None:
 def test_sigterm_during_a_failed_start_puts_the_old_run_back(tmp_path: Path) -> None:
     out = tmp_path / "run"
     old = fake_run(out)
-    ready = tmp_path / "ready"
-    process = holder(f"""
-        import pathlib, time
-        from recone_lite.runs import open_run_dir
-        with open_run_dir(pathlib.Path({str(out)!r}), "a: 2\\n", resume=False, overwrite=True):
-            pathlib.Path({str(ready)!r}).touch()
-            time.sleep(120)
-        """, ready)
+    process = overwriting_holder(out, tmp_path / "ready")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     assert snapshot(out) == old and hidden(tmp_path) == []

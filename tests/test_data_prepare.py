@@ -12,6 +12,7 @@ from data_helpers import (
     amazon_2023,
     amazon_2023_meta,
     check_no_leaks,
+    k_core_pairs,
     read_all,
     read_split,
 )
@@ -130,16 +131,7 @@ def reference(rows, k: int, history: int) -> dict[str, dict[tuple[str, str], lis
     for line, (user, item, rating, seconds) in enumerate(rows):
         if (user, item) not in latest or seconds >= latest[(user, item)][0]:
             latest[(user, item)] = (seconds, line, rating)
-    pairs = set(latest)
-    while True:
-        by_user, by_item = defaultdict(int), defaultdict(int)
-        for user, item in pairs:
-            by_user[user] += 1
-            by_item[item] += 1
-        kept = {(u, i) for u, i in pairs if by_user[u] >= k and by_item[i] >= k}
-        if kept == pairs:
-            break
-        pairs = kept
+    pairs = k_core_pairs(set(latest), k)
     per_user = defaultdict(list)
     for user, item in pairs:
         seconds, line, _ = latest[(user, item)]

@@ -33,7 +33,7 @@ def test_demo_runs_the_whole_pipeline_and_reuses_a_finished_run(
     report = summary["eval"]
     assert report["split"] == "test" and report["matched"] == 3 and report["model"]["n"] == 3
     assert set(report["baselines"]) >= {"global_mean", "user_mean", "item_mean"}
-    assert "demo 4/4" in first.stderr and "format warm-up" in first.stderr
+    assert "demo 4/4" in first.stderr and "evidence warm-up" in first.stderr
 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["global_step"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-from data_helpers import SPLITS, amazon_2023, cli, iter_split, read_all
+from data_helpers import SPLITS, amazon_2023, cli, iter_split, k_core_pairs, read_all
 from test_data_prepare import random_reviews
 
 from recone_lite.data.prepare import Options, fold, prepare
@@ -36,17 +36,7 @@ def train_period(rows: list[Row], k: int, cutoff: tuple[int, int] | None = None)
         key = (row.user, row.item)
         if key not in latest or row.seconds >= latest[key][0]:
             latest[key] = (row.seconds, line)
-    pairs = set(latest)
-    while True:
-        by_user: dict[str, int] = defaultdict(int)
-        by_item: dict[str, int] = defaultdict(int)
-        for user, item in pairs:
-            by_user[user] += 1
-            by_item[item] += 1
-        kept = {(u, i) for u, i in pairs if by_user[u] >= k and by_item[i] >= k}
-        if kept == pairs:
-            break
-        pairs = kept
+    pairs = k_core_pairs(set(latest), k)
     per_user: dict[str, list[tuple[int, int]]] = defaultdict(list)
     for user, item in pairs:
         per_user[user].append(latest[(user, item)])

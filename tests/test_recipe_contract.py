@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from training_helpers import main, write_prepared
+from training_helpers import main, write_prepared, write_template_traces
 
 from recone_lite.config import (
     load_recipe,
@@ -78,19 +78,7 @@ def contract_overrides(name: str, model: Path, data: Path, out: Path,
 def contract_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny prepared set, with template traces (the four tagged blocks ending in the true
     rating) of its cold-start split for the SFT recipes."""
-    from recone_lite.prompts import build_messages
-    from recone_lite.traces import template_answer
-
-    folder = write_prepared(tmp_path_factory.mktemp("contract") / "tiny")
-    rows = [json.loads(x) for x in (folder / "coldstart.jsonl").read_text().splitlines()]
-    lines = []
-    for example in rows:
-        messages = build_messages(example, "reczero", (1.0, 5.0))
-        answer = template_answer(example, (1.0, 5.0))
-        lines.append({"id": example["id"], "rating": example["rating"], "kind": "template",
-                      "messages": [*messages, {"role": "assistant", "content": answer}]})
-    (folder / "traces.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return folder
+    return write_template_traces(write_prepared(tmp_path_factory.mktemp("contract") / "tiny"))
 
 
 @pytest.fixture(scope="module")

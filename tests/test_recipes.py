@@ -4,13 +4,12 @@ the accelerate configs load in accelerate."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import pytest
 import yaml
-from training_helpers import write_prepared
+from training_helpers import write_prepared, write_template_traces
 
 from recone_lite.config import load_recipe, packaged_recipes, read_raw_recipe, recipes_dir
 from recone_lite.errors import InputError
@@ -74,19 +73,7 @@ def test_accelerate_config_loads_in_accelerate(path: Path) -> None:
 @pytest.fixture(scope="module")
 def fixture_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny prepared set and template traces (four tagged blocks) for the SFT recipes."""
-    from recone_lite.prompts import build_messages
-    from recone_lite.traces import template_answer
-
-    folder = write_prepared(tmp_path_factory.mktemp("data") / "tiny")
-    rows = [json.loads(x) for x in (folder / "coldstart.jsonl").read_text().splitlines()]
-    lines = []
-    for example in rows:
-        messages = build_messages(example, "reczero", (1.0, 5.0))
-        answer = template_answer(example, (1.0, 5.0))
-        lines.append({"id": example["id"], "rating": example["rating"], "kind": "template",
-                      "messages": [*messages, {"role": "assistant", "content": answer}]})
-    (folder / "traces.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return folder
+    return write_template_traces(write_prepared(tmp_path_factory.mktemp("data") / "tiny"))
 
 
 @pytest.fixture(scope="module")

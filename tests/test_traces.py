@@ -270,3 +270,31 @@ def test_template_answer_is_well_formed_for_any_rating(rating: float) -> None:
                "target": {"title": "A <match> title", "categories": [["Books", "</rate>"]]}}
     text = template_answer(example, (1.0, 5.0))
     assert format_ok(text) and parse_rating(text) == rating
+
+
+def test_evidence_answer_reasons_only_from_the_prompt_and_ends_in_the_truth() -> None:
+    """Everything before <rate> is read off the prompt's evidence: the same example with another
+    true rating gets the same reasoning, and its numbers are the prompt's numbers."""
+    from recone_lite.prompts import build_messages
+    from recone_lite.traces import evidence_answer
+
+    example = {
+        "id": "e", "item_id": "t", "rating": 2.0,
+        "history": [{"item_id": "a", "item": {"title": "Fargo", "categories": ["Crime"]},
+                     "rating": 5.0, "review": ""},
+                    {"item_id": "b", "item": {"title": "Jaws", "categories": ["Horror"]},
+                     "rating": 1.0, "review": ""}],
+        "target": {"title": "Heat", "categories": ["Crime", "Drama"]},
+        "item_history": [{"user_id": "u2", "timestamp": 1, "rating": 4.0, "review": ""}],
+        "stats": {"user_mean": 3.0, "user_count": 2, "item_mean": 4.0, "item_count": 1,
+                  "global_mean": 3.6},
+    }
+    low, high = evidence_answer(example), evidence_answer({**example, "rating": 5.0})
+    assert low.split("<rate>")[0] == high.split("<rate>")[0]
+    assert low.endswith("<rate>2</rate>") and high.endswith("<rate>5</rate>")
+    assert format_ok(low, "reczero") and parse_rating(high) == 5.0
+    prompt = build_messages(example, "reczero")[1]["content"]
+    assert "this user 3.00" in prompt and "user 3.00, item 4.00" in low
+    cold = evidence_answer({**example, "item_history": [],
+                            "stats": {**example["stats"], "item_mean": None, "item_count": 0}})
+    assert "others none" in cold and "item none" in cold

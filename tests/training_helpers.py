@@ -45,6 +45,22 @@ def write_prepared(folder: Path, sizes: dict[str, int] | None = None) -> Path:
         (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
+def write_template_traces(folder: Path) -> Path:
+    """FOLDER/traces.jsonl: template traces (four tagged blocks ending in the true rating) of a
+    prepared set's cold-start split, as `traces make --teacher template` writes them."""
+    from recone_lite.prompts import build_messages
+    from recone_lite.traces import template_answer
+
+    rows = [json.loads(x) for x in (folder / "coldstart.jsonl").read_text().splitlines()]
+    lines = []
+    for example in rows:
+        messages = build_messages(example, "reczero", (1.0, 5.0))
+        answer = template_answer(example, (1.0, 5.0))
+        lines.append({"id": example["id"], "rating": example["rating"], "kind": "template",
+                      "messages": [*messages, {"role": "assistant", "content": answer}]})
+    (folder / "traces.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return folder
+
 
 def write_recipe(path: Path, data: Path, out: Path, model: Path | str = "smollm2-135m-gguf",
                  **sections: Any) -> Path:
