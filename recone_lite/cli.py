@@ -378,8 +378,9 @@ def predict(
     readout: Annotated[
         str | None,
         typer.Option(help="text: the number written in <rate>; expected: the mean of the model's "
-                     "distribution over the rating tokens after <rate> (hf backend; default: "
-                     "the adapter run's evaluation.readout, else text)"),
+                     "distribution over the rating tokens after <rate> (hf: from the logits; "
+                     "openai, vllm: from the top-20 logprobs; default: the adapter run's "
+                     "evaluation.readout, else text)"),
     ] = None,
     item_history: Annotated[
         int | None,

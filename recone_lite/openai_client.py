@@ -49,6 +49,8 @@ class ChatResult:
 
     `reasoning_content` is the separate reasoning text that reasoning servers send (vLLM's and
     DeepSeek's `reasoning_content`, or `reasoning`); None when the server sends none.
+    `logprobs` (when asked with `top_logprobs`): per generated token, its text and the (text,
+    logprob) of the chosen token and of its top alternatives; None when the server sent none.
     """
 
     content: str | None
@@ -57,6 +59,7 @@ class ChatResult:
     completion_tokens: int = 0
     finish_reason: str | None = None
     error: str | None = None
+    logprobs: list[tuple[str, list[tuple[str, float]]]] | None = None
 
     @property
     def ok(self) -> bool:
@@ -129,7 +132,21 @@ def _result(response: Any) -> ChatResult:
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
         finish_reason=choice.finish_reason,
+        logprobs=_logprobs(getattr(choice, "logprobs", None)),
     )
+
+
+def _logprobs(found: Any) -> list[tuple[str, list[tuple[str, float]]]] | None:
+    """`choice.logprobs.content` (OpenAI's shape: tokens with `token`, `logprob` and
+    `top_logprobs`) as (text, [(text, logprob), ...]) per token, the chosen token first."""
+    content = getattr(found, "content", None)
+    if not content:
+        return None
+    return [
+        (step.token, [(step.token, float(step.logprob)),
+                      *((alt.token, float(alt.logprob)) for alt in step.top_logprobs or ())])
+        for step in content
+    ]
 
 
 def stream_chat_completions(
@@ -145,8 +162,11 @@ def stream_chat_completions(
     timeout: float = 600.0,
     seed: int | None = None,
     extra_body: dict[str, Any] | None = None,
+    top_logprobs: int | None = None,
 ) -> Iterator[ChatResult]:
     """Yield one ChatResult per request (a list of chat messages), in request order.
+    With `top_logprobs` the server is asked for each generated token's logprob and its
+    `top_logprobs` likeliest alternatives (`ChatResult.logprobs`).
 
     At most `concurrency` requests are in flight; `requests` is read lazily, a little ahead of
     what has been yielded, so a stream of millions works in constant memory. A request that still
@@ -186,6 +206,8 @@ def stream_chat_completions(
             kwargs["seed"] = seed
         if extra_body:
             kwargs["extra_body"] = extra_body
+        if top_logprobs is not None:
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         try:
             result = _result(client.chat.completions.create(**kwargs))
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:

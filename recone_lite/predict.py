@@ -208,6 +208,7 @@ def result_row(
     samples: list[Sample],
     scale: tuple[float, float],
     completion: bool = True,
+    readout: str = "text",
 ) -> dict[str, Any]:
     """The output line for one request and its k samples.
 
@@ -232,10 +233,20 @@ def result_row(
     ...                  completion=False)
     >>> row["rating"], row["ok"], row["forced"], row["forced_rating"]
     (None, False, True, 4.0)
+
+    A sample without a distribution (openai/vllm: no `<rate>`, or none readable in the
+    logprobs) gives no rating; `ok` stays what the text says:
+
+    >>> row = result_row({"id": "e"}, [Sample("no idea", 2)], (1.0, 5.0), False, "expected")
+    >>> row["rating"], row["ok"], row["probs"], "forced" in row
+    (None, False, None, False)
+    >>> row = result_row({"id": "f"}, [Sample("<rate>4</rate>", 5)], (1.0, 5.0), False, "expected")
+    >>> row["rating"], row["ok"], row["text_rating"], row["probs"]
+    (None, True, 4.0, None)
     """
     ratings = [parse_rating(s.text, scale) for s in samples]
     parsed = [r for r in ratings if r is not None]
-    expected = samples[0].probs is not None
+    expected = readout == "expected" or any(s.probs is not None for s in samples)
     if expected:
         values = scale_values(scale)
         means = [None if s.probs is None else expected_value(values, s.probs) for s in samples]
@@ -256,10 +267,12 @@ def result_row(
         row["spread"] = statistics.pstdev(parsed) if parsed else None
     if expected:
         row["text_rating"] = statistics.fmean(parsed) if parsed else None
-        shown = [s.probs for s, r in zip(samples, ratings, strict=True) if r is not None] or \
-            [s.probs for s in samples if s.probs is not None]
-        row["probs"] = [round(statistics.fmean(column), 4) for column in zip(*shown, strict=True)]
-        if not parsed:
+        # the distributions of the parsed samples; of the forced ones when none parsed
+        shown = [s.probs for s, r in zip(samples, ratings, strict=True)
+                 if s.probs is not None and (r is not None or not parsed)]
+        row["probs"] = [round(statistics.fmean(column), 4)
+                        for column in zip(*shown, strict=True)] if shown else None
+        if not parsed and shown:
             row["forced"] = True
             row["forced_rating"] = round(expected_value(values, row["probs"]), 4)
     errors = [s.error for s in samples if s.error]
@@ -415,12 +428,31 @@ def openai_backend(
     seed: int | None = None,
     max_retries: int = 4,
     style: PromptStyle = DEFAULT_STYLE,
+    readout: str = "text",
 ) -> Backend:
     """Chat messages to an OpenAI-compatible server, which applies the model's chat template;
     k samples are k requests. No token budget here: the server rejects a prompt too long for it,
-    and that request's line gets `"error"`."""
-    from recone_lite.openai_client import stream_chat_completions
+    and that request's line gets `"error"`. With `readout="expected"` the server is asked for
+    logprobs and each sample whose completion has a `<rate>` carries its rating distribution
+    there (`readout.logprob_distribution`); one without `<rate>` has none (no forcing here)."""
+    from recone_lite import readout as readouts
+    from recone_lite.openai_client import redact, stream_chat_completions
     from recone_lite.prompts import build_messages
+
+    expected = readout == "expected"
+    if expected:
+        readouts.scale_values(scale)
+    warned: list[bool] = []
+
+    def sample(result: Any) -> Sample:
+        text = result.content or ""
+        if expected and text and result.error is None and not result.logprobs and not warned:
+            warned.append(True)
+            log.warn(f"--readout expected: {redact(base_url)} returned no logprobs; its rows "
+                     "get no rating")
+        probs = (readouts.logprob_distribution(result.logprobs, text, scale)
+                 if expected and result.logprobs else None)
+        return Sample(text, result.completion_tokens, result.error, probs=probs)
 
     def run(requests: Iterable[dict[str, Any]]) -> Iterator[list[Sample]]:
         messages = (build_messages(r, template, scale, style=style)
@@ -435,9 +467,10 @@ def openai_backend(
             temperature=temperature,
             max_tokens=max_new_tokens,
             seed=seed,
+            top_logprobs=readouts.TOP_LOGPROBS if expected else None,
         )
         for group in batched(results, samples):
-            yield [Sample(r.content or "", r.completion_tokens, r.error) for r in group]
+            yield [sample(r) for r in group]
 
     return run
 
@@ -454,9 +487,13 @@ def vllm_backend(
     batch_size: int = 256,
     seed: int | None = None,
     style: PromptStyle = DEFAULT_STYLE,
+    readout: str = "text",
 ) -> Backend:
     """In-process vLLM (CUDA): prompts rendered here with the model's chat template and sent as
-    token ids (so no second BOS is added), the adapter as a LoRARequest."""
+    token ids (so no second BOS is added), the adapter as a LoRARequest. With
+    `readout="expected"` the rating distribution is read from vLLM's per-token logprobs, as on
+    the openai backend (no forcing)."""
+    from recone_lite import readout as readouts
     from recone_lite.models import adapter_config, check_spec
     from recone_lite.versions import cuda_available
 
@@ -491,9 +528,24 @@ def vllm_backend(
         **kwargs,
     )
     tokenizer = llm.get_tokenizer()
+    expected = readout == "expected"
     params = SamplingParams(
-        n=samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed
+        n=samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
+        logprobs=readouts.TOP_LOGPROBS if expected else None,
     )
+
+    def sample(c: Any) -> Sample:
+        """One completion; with the expected readout its distribution after `<rate>`. Untested
+        here (no CUDA): vLLM gives, per generated token, a dict token id -> Logprob(logprob,
+        decoded_token) holding the chosen token and the top alternatives."""
+        probs = None
+        if expected and c.logprobs:
+            steps = [((step[tid].decoded_token or "") if tid in step else "",
+                      [(lp.decoded_token or "", lp.logprob) for lp in step.values()])
+                     for tid, step in zip(c.token_ids, c.logprobs, strict=False)]
+            probs = readouts.logprob_distribution(steps, c.text, scale)
+        return Sample(c.text, len(c.token_ids), probs=probs)
+
     log.info(f"model: {spec.name} via vllm{' + adapter ' + spec.adapter if lora else ''}")
 
     def run(requests: Iterable[dict[str, Any]]) -> Iterator[list[Sample]]:
@@ -512,7 +564,7 @@ def vllm_backend(
             ]
             outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
             for output in outputs:
-                yield [Sample(c.text, len(c.token_ids)) for c in output.outputs]
+                yield [sample(c) for c in output.outputs]
 
     return run
 
@@ -626,9 +678,6 @@ def predict(
             taken.append(f"readout {readout} ({run.source('readout')})")
     if readout not in READOUTS:
         raise InputError(f"unknown readout {readout!r}; choose text or expected", field="readout")
-    if readout == "expected" and backend != "hf":
-        raise InputError("--readout expected needs --backend hf for now (the openai and vllm "
-                         "backends do not return the rating tokens' logprobs yet)", field="readout")
     given = {k: v for k, v in (prompt or {}).items() if v is not None}
     from_run = {k: v for k, v in run.prompt.items() if k not in given}
     if from_run:
@@ -703,6 +752,7 @@ def predict(
             api_key_env=api_key_env,
             seed=seed,
             style=style,
+            readout=readout,
             **generation,
         )
     else:
@@ -710,7 +760,7 @@ def predict(
         if backend == "vllm":
             run_backend = vllm_backend(
                 spec, max_prompt_tokens=budget, batch_size=batch, seed=seed, style=style,
-                **generation
+                readout=readout, **generation
             )
         else:
             import transformers
@@ -732,12 +782,13 @@ def predict(
         sink: Any = _LazyFile(Path(out))  # opened at the first row: a failed start writes nothing
         try:
             closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts,
-                                total)
+                                total, readout)
         finally:
             sink.close()
     else:
         sink = stdout or sys.stdout
-        closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts, total)
+        closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts, total,
+                            readout)
     if closed:  # the reader went away (`| head`): stop quietly
         if sink is sys.__stdout__:  # and keep Python's exit quiet too (its flush would fail)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
@@ -803,6 +854,7 @@ def write_rows(
     completion: bool,
     counts: Counts,
     total: int | None,
+    readout: str = "text",
 ) -> bool:
     """Write one line per request as its samples arrive, with a progress bar on stderr.
     Returns True when the reader closed the pipe (the run stops there)."""
@@ -819,7 +871,7 @@ def write_rows(
         with _progress(total) as progress:
             task = progress.add_task("predict", total=total, rps=0.0, tps=0.0)
             for samples in results:
-                row = result_row(pending.popleft(), samples, scale, completion)
+                row = result_row(pending.popleft(), samples, scale, completion, readout)
                 counts.rows += 1
                 counts.parsed += row["ok"]
                 counts.tokens += row["tokens"]

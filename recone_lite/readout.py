@@ -11,20 +11,25 @@ Coverage keeps its meaning under both: a row is parsed when the model wrote a re
 block. Where it did not, the distribution can still be read after appending `<rate>` to the
 completion; such a row is `forced`: its value is reported beside it, never counted as parsed.
 
-The distribution is taken from the logits `generate` already computed when the `<rate>` boundary
-falls on a generated token; otherwise (forced rows, or a tokenisation that does not line up)
-from one extra forward pass over prompt + completion up to `<rate>`.
+On the hf backend the distribution is taken from the logits `generate` already computed when the
+`<rate>` boundary falls on a generated token; otherwise (forced rows, or a tokenisation that does
+not line up) from one extra forward pass over prompt + completion up to `<rate>`. The openai and
+vllm backends read it from the top-`TOP_LOGPROBS` logprobs the server returns for each generated
+token (`logprob_distribution`); a completion without `<rate>` cannot be forced there without a
+second request, so such a row stays a plain failure, without a distribution.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from recone_lite.errors import InputError
 
 READOUTS = ("text", "expected")
 RATE_OPEN = "<rate>"
+TOP_LOGPROBS = 20  # alternatives asked per generated token: the OpenAI maximum; vLLM serves it too
 
 
 def scale_values(scale: tuple[float, float]) -> list[float]:
@@ -81,6 +86,63 @@ def rate_end(completion: str) -> int | None:
     """
     at = completion.rfind(RATE_OPEN)
     return None if at < 0 else at + len(RATE_OPEN)
+
+
+def logprob_distribution(
+    tokens: Sequence[tuple[str, Iterable[tuple[str, float]]]],
+    completion: str,
+    scale: tuple[float, float],
+) -> list[float] | None:
+    """The rating distribution after the last `<rate>` of a completion, read from the logprobs a
+    server returned: `tokens` holds each generated token's text and its (text, logprob)
+    alternatives (the top-k, the chosen token among them or not). The token that starts right
+    after `<rate>` gives the probabilities of the scale's values ("1" .. "5"; one missing from
+    the alternatives counts 0), renormalised over them. None when the completion has no `<rate>`,
+    no token starts right after it, or none of the values is among that token's alternatives.
+
+    >>> steps = [("<rate>", [("<rate>", 0.0)]),
+    ...          ("4", [("4", math.log(0.6)), ("5", math.log(0.2)), ("3", math.log(0.1)),
+    ...                 ("x", math.log(0.1))]),
+    ...          ("</rate>", [("</rate>", 0.0)])]
+    >>> [round(p, 4) for p in logprob_distribution(steps, "<rate>4</rate>", (1.0, 5.0))]
+    [0.0, 0.0, 0.1111, 0.6667, 0.2222]
+    >>> logprob_distribution(steps[:1], "<rate>", (1.0, 5.0)) is None  # nothing generated after
+    True
+    >>> logprob_distribution([("<rate>4", [("<rate>4", 0.0)])], "<rate>4", (1.0, 5.0)) is None
+    True
+    >>> logprob_distribution([("no", [("no", 0.0)])], "no", (1.0, 5.0)) is None
+    True
+    >>> sampled = [("<rate>", []), ("2", [("2", math.log(0.01)), ("4", math.log(0.03))])]
+    >>> [round(p, 2) for p in logprob_distribution(sampled, "<rate>2", (1.0, 5.0))]
+    [0.0, 0.25, 0.0, 0.75, 0.0]
+    >>> logprob_distribution([("<rate>", []), (" ", [(" ", 0.0)])], "<rate> ", (1.0, 5.0)) is None
+    True
+    """
+    values = [f"{v:g}" for v in scale_values(scale)]
+    texts = [text for text, _ in tokens]
+    joined = "".join(texts)
+    end = rate_end(completion)
+    if end is not None and joined[:end] != completion[:end]:
+        end = rate_end(joined)  # token texts that do not add up to the completion (partial bytes)
+    if end is None:
+        return None
+    start = 0
+    for text, alternatives in tokens:
+        if start == end:
+            best: dict[str, float] = {}
+            for alt, logprob in alternatives:
+                if alt in values and logprob > best.get(alt, -math.inf):
+                    best[alt] = logprob
+            if not best:
+                return None
+            top = max(best.values())
+            weights = [math.exp(best[v] - top) if v in best else 0.0 for v in values]
+            total = sum(weights)
+            return [w / total for w in weights]
+        start += len(text)
+        if start > end:
+            return None
+    return None
 
 
 def forced_prefix(completion: str) -> str:

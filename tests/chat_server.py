@@ -5,11 +5,17 @@ counts the requests it got, and fails the first requests as told by `failures`, 
 statuses (e.g. `[429, 500]`: the first request gets 429, the second 500, then success). Failures
 carry `retry-after-ms: 1`, so the client's backoff stays short in tests, and `error_message` as
 their message (default: "injected STATUS").
+
+`reply` may also return (content, tokens): the reply with its logprobs in OpenAI's shape, a list
+of generated tokens `{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
+"bytes"}, ...]}` (`logprob_tokens` builds one from token texts and probabilities). They are sent
+as `choice.logprobs.content` when the request asks for `logprobs`, cut to its `top_logprobs`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,15 +26,18 @@ from typing import Any
 class ChatServer:
     def __init__(
         self,
-        reply: Callable[[list[dict[str, Any]]], str] | None = None,
+        reply: Callable[[list[dict[str, Any]]], str | tuple[str, list[dict[str, Any]]]]
+        | None = None,
         failures: list[int] | None = None,
         reasoning: str | None = None,
         error_message: str | None = None,
+        logprobs: bool = True,
     ) -> None:
         self.reply = reply or (lambda messages: "<rate>4</rate>")
         self.failures = list(failures or [])
         self.reasoning = reasoning
         self.error_message = error_message
+        self.logprobs = logprobs  # False: a server that ignores `logprobs` in the request
         self.requests: list[dict[str, Any]] = []  # every request body received, failures too
         self.statuses: list[int] = []
         self.headers: list[dict[str, str]] = []
@@ -44,22 +53,48 @@ class ChatServer:
         if status != 200:
             message = self.error_message or f"injected {status}"
             return status, {"error": {"message": message, "type": "test"}}
-        content = self.reply(body["messages"])
+        answer = self.reply(body["messages"])
+        content, tokens = answer if isinstance(answer, tuple) else (answer, None)
         message: dict[str, Any] = {"role": "assistant", "content": content}
         if self.reasoning is not None:
             message["reasoning_content"] = self.reasoning
+        choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": "stop"}
+        if body.get("logprobs") and self.logprobs:
+            if tokens is None:  # no script: each character a token the model was sure of
+                tokens = logprob_tokens([(c, {c: 1.0}) for c in content])
+            top = int(body.get("top_logprobs") or 0)
+            choice["logprobs"] = {
+                "content": [{**t, "top_logprobs": t["top_logprobs"][:top]} for t in tokens],
+                "refusal": None,
+            }
         return 200, {
             "id": "chatcmpl-test",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "test"),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "choices": [choice],
             "usage": {
                 "prompt_tokens": 10,
                 "completion_tokens": len(content.split()),
                 "total_tokens": 10 + len(content.split()),
             },
         }
+
+
+def logprob_tokens(steps: list[tuple[str, dict[str, float]]]) -> list[dict[str, Any]]:
+    """OpenAI's `logprobs.content` for generated tokens given as (text, {alternative:
+    probability}): each token's logprob is its own probability's (1 when not listed), its
+    `top_logprobs` the alternatives, likeliest first."""
+    def entry(text: str, p: float) -> dict[str, Any]:
+        return {"token": text, "logprob": math.log(p) if p > 0 else -9999.0,
+                "bytes": list(text.encode())}
+
+    return [
+        {**entry(text, alternatives.get(text, 1.0)),
+         "top_logprobs": [entry(t, p) for t, p in
+                          sorted(alternatives.items(), key=lambda a: -a[1])]}
+        for text, alternatives in steps
+    ]
 
 
 @contextmanager

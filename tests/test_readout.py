@@ -1,5 +1,6 @@
-"""The expected readout on the real SmolLM2 model: distributions, forced rows, and that the text
-readout's output is unchanged by it."""
+"""The expected readout on the real SmolLM2 model (hf backend: distributions, forced rows) and on
+the openai backend (logprobs from a scripted server), and that the text readout's output is
+unchanged by it."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from chat_server import chat_server, logprob_tokens
 
 from recone_lite.predict import predict
-from recone_lite.readout import forward_distributions, normalise, rating_token_ids
+from recone_lite.readout import TOP_LOGPROBS, forward_distributions, normalise, rating_token_ids
 
 CLI = [sys.executable, "-m", "recone_lite"]
 
@@ -93,16 +95,115 @@ def test_forward_pass_matches_the_logits_generate_computed(smollm2_dir: Path):
         assert sum(probs) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_expected_readout_needs_the_hf_backend(tmp_path: Path):
+# --- the openai backend: logprobs from a scripted server (fast: no model) ----------------------
+
+RATE_PROBS = {"4": 0.5, "5": 0.25, "3": 0.125, "four": 0.125}  # "four" is no rating token
+
+
+def scripted(messages: list[dict[str, Any]]) -> str | tuple[str, list[dict[str, Any]]]:
+    """Heat 0: a rating with scripted logprobs (tokens that do not line up with `<rate>`); Heat 1:
+    two `<rate>` blocks, the last one read; Heat 2: no `<rate>`; Heat 3: a `<rate>` merged with
+    its digit into one token, so that no token starts right after it."""
+    number = int(messages[-1]["content"].split("Heat ")[1].split()[0])
+    if number == 0:
+        steps = [("<match>", {}), ("ok", {}), ("</match>\n<", {}), ("rate", {}), (">", {}),
+                 ("4", RATE_PROBS), ("</rate>", {})]
+    elif number == 1:
+        steps = [("<rate>", {}), ("2", {"2": 0.9, "1": 0.1}), ("</rate>", {}), (" <rate>", {}),
+                 ("5", {"5": 0.6, "4": 0.3, "2": 0.1}), ("</rate>", {})]
+    elif number == 2:
+        return "I cannot say."
+    else:
+        steps = [("<rate>4", {"<rate>4": 0.7, "<rate>5": 0.3}), ("</rate>", {})]
+    return "".join(t for t, _ in steps), logprob_tokens(steps)
+
+
+def run_openai(tmp_path: Path, server: Any, readout: str, **options: Any) -> tuple[list[dict], Any]:
+    path = tmp_path / "requests.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in requests(4)), encoding="utf-8")
+    sink = io.StringIO()
+    counts = predict(str(path), model="served", backend="openai", base_url=server.url,
+                     readout=readout, stdout=sink, **options)
+    return [json.loads(line) for line in sink.getvalue().splitlines()], counts
+
+
+def test_openai_expected_readout_reads_the_logprobs_after_rate(tmp_path: Path):
+    with chat_server(reply=scripted) as server:
+        rows, counts = run_openai(tmp_path, server, "expected")
+    assert all(body["logprobs"] is True and body["top_logprobs"] == TOP_LOGPROBS
+               for body in server.requests)
+    read, last, missing, unread = rows
+    # probabilities sum to 1 and follow the scripted logprobs, renormalised over 1..5
+    assert sum(read["probs"]) == pytest.approx(1.0, abs=1e-3)
+    assert read["probs"] == pytest.approx([0.0, 0.0, 1 / 7, 4 / 7, 2 / 7], abs=1e-4)
+    assert read["rating"] == pytest.approx((3 + 16 + 10) / 7, abs=1e-4)
+    assert 1.0 <= read["rating"] <= 5.0
+    assert read["ok"] is True and read["text_rating"] == 4.0 and "forced" not in read
+    # two <rate> blocks: the distribution after the last one, as parse_rating reads the last
+    assert last["probs"] == pytest.approx([0.0, 0.1, 0.0, 0.3, 0.6], abs=1e-4)
+    assert last["text_rating"] == 5.0 and last["rating"] == pytest.approx(4.4, abs=1e-4)
+    # no <rate>: a failure with no distribution, not forced (that would need a second request)
+    assert missing["rating"] is None and missing["ok"] is False and missing["probs"] is None
+    assert "forced" not in missing and "forced_rating" not in missing
+    # a <rate> the logprobs cannot read: no rating; ok is what the text says
+    assert unread["rating"] is None and unread["probs"] is None
+    assert unread["ok"] is True and unread["text_rating"] == 4.0
+    assert counts.forced == 0 and counts.parsed == 3 and counts.rows == 4
+
+
+def test_openai_expected_readout_with_samples(tmp_path: Path):
+    """k samples: the rating is the mean of the readable parsed samples' expected values."""
+    answers = iter([scripted([{"content": "Heat 0"}]), "no idea"] * 4)
+    with chat_server(reply=lambda messages: next(answers)) as server:
+        rows, counts = run_openai(tmp_path, server, "expected", samples=2, temperature=1.0,
+                                  concurrency=1)
+    for row in rows:
+        assert row["ratings"] == [4.0, None] and row["ok"] is True
+        assert row["probs"] == pytest.approx([0.0, 0.0, 1 / 7, 4 / 7, 2 / 7], abs=1e-4)
+        assert row["rating"] == pytest.approx(29 / 7, abs=1e-4)
+    assert counts.forced == 0
+
+
+def test_openai_server_without_logprobs_warns_once(tmp_path: Path, capsys):
+    with chat_server(reply=scripted, logprobs=False) as server:
+        rows, counts = run_openai(tmp_path, server, "expected")
+    assert all(row["rating"] is None and row["probs"] is None for row in rows)
+    assert counts.parsed == 3 and counts.forced == 0
+    assert capsys.readouterr().err.count("returned no logprobs") == 1
+
+
+def test_openai_text_readout_unchanged(tmp_path: Path):
+    with chat_server(reply=scripted) as server:
+        text, _ = run_openai(tmp_path, server, "text")
+    assert all("logprobs" not in body and "top_logprobs" not in body for body in server.requests)
+    with chat_server(reply=scripted) as server:
+        expected, _ = run_openai(tmp_path, server, "expected")
+    for plain, row in zip(text, expected, strict=True):
+        assert set(plain) == {"id", "rating", "ok", "completion", "tokens", "truth"}
+        assert plain["completion"] == row["completion"] and plain["ok"] == row["ok"]
+        assert plain["rating"] == row["text_rating"]
+
+
+def test_expected_readout_on_the_openai_backend_from_the_cli(tmp_path: Path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(requests(1)[0]) + "\n", encoding="utf-8")
-    result = subprocess.run(
-        [*CLI, "predict", str(path), "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
-         "--model", "m", "--readout", "expected"], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert "--readout expected needs --backend hf" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert result.stdout == ""
+    with chat_server(reply=scripted) as server:
+        result = subprocess.run(
+            [*CLI, "predict", str(path), "--backend", "openai", "--base-url", server.url,
+             "--model", "m", "--readout", "expected"], capture_output=True, text=True,
+            timeout=120)
+    assert result.returncode == 0, result.stderr
+    row = json.loads(result.stdout)
+    assert row["probs"] == pytest.approx([0.0, 0.0, 1 / 7, 4 / 7, 2 / 7], abs=1e-4)
+    # a scale the readout cannot read is still refused, before any request
+    with chat_server(reply=scripted) as server:
+        result = subprocess.run(
+            [*CLI, "predict", str(path), "--backend", "openai", "--base-url", server.url,
+             "--model", "m", "--scale", "0.5,5", "--readout", "expected"],
+            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "whole numbers" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+    assert server.requests == []
 
 
 def test_expected_readout_refuses_a_half_star_scale(tmp_path: Path):
