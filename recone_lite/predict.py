@@ -382,9 +382,7 @@ def hf_backend(
                     continue
             redo.append(i)
         if redo:
-            texts = [prompts[i] + (flat[i].text[: readouts.rate_end(flat[i].text)]
-                                   if readouts.rate_end(flat[i].text) is not None
-                                   else readouts.forced_prefix(flat[i].text)) for i in redo]
+            texts = [prompts[i] + readouts.rate_prefix(flat[i].text) for i in redo]
             for i, dist in zip(redo, readouts.forward_distributions(model, tokenizer, texts,
                                                                      token_ids), strict=True):
                 found[i] = dist

@@ -157,6 +157,17 @@ def forced_prefix(completion: str) -> str:
     return f"{text}\n{RATE_OPEN}" if text else RATE_OPEN
 
 
+def rate_prefix(completion: str) -> str:
+    """The completion up to the end of its last `<rate>`, or with `<rate>` appended (forced): the
+    text after which the rating distribution is read.
+
+    >>> rate_prefix("<match>ok</match><rate>4</rate>"), rate_prefix("no tags")
+    ('<match>ok</match><rate>', 'no tags\\n<rate>')
+    """
+    end = rate_end(completion)
+    return completion[:end] if end is not None else forced_prefix(completion)
+
+
 def token_boundary(decode: Callable[[int], str], n: int, end: int) -> int | None:
     """The number of tokens whose decoded text is `end` characters long (binary search; decoded
     length grows with the number of tokens), or None when no prefix ends exactly there.
