@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -166,7 +167,6 @@ def main(argv: list[str] | None = None) -> int:
     predictions = args.out.parent / f"{args.out.name}-predictions"
     predictions.mkdir(parents=True, exist_ok=True)
     suffix = f"-first{args.test_limit}" if args.test_limit else ""
-    started = time.perf_counter()
     timings["predict_before_s"] = predict_stage(recipe, requests, None,
                                                 predictions / f"before{suffix}.jsonl")
     run = read_run_json(args.out)
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                                               "mean_step_time_s", "versions", "seed")},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - clock, 1),
-        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
