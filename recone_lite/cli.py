@@ -712,6 +712,36 @@ def demo(
     typer.echo(dumps(run_demo(out, data, test_limit, overwrite, overrides or [])))
 
 
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder of `train` or `sft`")],
+    eval_files: Annotated[list[Path] | None, typer.Option(
+        "--eval", metavar="EVAL.json", help="JSON that `recone-lite eval` printed (repeat for "
+        "several: before / after, ablations)")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="folder for report.html and the PNGs [default: RUN_DIR/report]")] = None,
+) -> None:
+    """Pictures of a run and its evaluations: training curves (reward and its spread, format /
+    parse / clipped rates, completion tokens, loss, entropy, dev MAE / RMSE / coverage, alarms
+    marked), the confusion matrix, MAE per true rating beside every baseline, histograms of
+    predictions and truth, calibration of the expected readout; several --eval side by side.
+
+    Writes PNGs and one self-contained report.html (open it in a browser). Needs matplotlib
+    (`pip install 'recone-lite\\[report]'`); without it the same series are shown as tables and
+    sparklines on stderr. The paths as JSON on stdout. See docs/report.md.
+
+    Examples:
+      [bold]recone-lite report runs/cpu-demo --eval runs/cpu-demo/test-eval.json[/bold]
+      [bold]recone-lite eval --data data/music --predictions p.jsonl > after.json[/bold]
+      [bold]recone-lite report runs/music-grpo --eval before.json --eval after.json[/bold]
+      [bold]recone-lite report runs/music-sft --out /tmp/sft-report[/bold]
+    """
+    from recone_lite.jsonl import dumps
+    from recone_lite.report import report as make_report
+
+    typer.echo(dumps(make_report(run_dir, eval_files or [], out)))
+
+
 # --- serving commands (export) -----------------------------------------------------------------
 
 
@@ -779,12 +809,14 @@ def plan(
     recipe: RecipeName,
     overrides: Overrides = None,
     device: Annotated[str, typer.Option(
-        help="device profile for memory and speed: cpu, rtx4060-laptop (8 GB), rtx4080 (16), "
+        help="device profile for memory, speed and precision: cpu, t4 (16 GB, Turing: fp16), "
+        "rtx2080ti (11, Turing: fp16), rtx3090 (24), rtx4060-laptop (8), rtx4080 (16), "
         "rtx4090 (24), a100-80g, h20 (96), h100 (80)")] = "rtx4090",
     gpu_mem: Annotated[float | None, typer.Option(
         min=0.5, help="memory of one GPU in GiB (default: the device profile's)")] = None,
     gpus: Annotated[int, typer.Option(
-        min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each")
+        min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
+        "TRL's batch rules are checked at this world size (with the override that fixes them)")
     ] = 1,
 ) -> None:
     """Estimate a recipe's peak memory per GPU and its step time before a run: weights by
@@ -798,6 +830,8 @@ def plan(
     Examples:
       [bold]recone-lite plan --recipe music-grpo[/bold]
       [bold]recone-lite plan --recipe music-grpo-8gb --device rtx4060-laptop[/bold]
+      [bold]recone-lite plan --recipe music-grpo --device t4[/bold]
+      [bold]recone-lite plan --recipe music-grpo --device h100 --gpus 8[/bold]
       [bold]recone-lite plan --recipe music-grpo --gpu-mem 16 grpo.num_generations=4[/bold]
       [bold]recone-lite plan --recipe cpu-demo --device cpu[/bold]
     """

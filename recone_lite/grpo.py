@@ -22,9 +22,11 @@ from typing import Any
 from recone_lite import log
 from recone_lite.config import Recipe, dump_recipe
 from recone_lite.errors import InputError
+from recone_lite.gpu import vllm_settings
 from recone_lite.runs import RunRecord, open_run_dir
 from recone_lite.training import (
     Data,
+    check_gpu_path,
     check_trainable,
     cuda_available,
     evaluate,
@@ -158,7 +160,9 @@ def train(
                          field="kind")
     out = Path(recipe.output_dir)
     section = recipe.data
-    args = trainer_config("grpo", recipe.grpo, out, recipe.seed)
+    check_gpu_path(recipe)
+    values = {**recipe.grpo, **vllm_settings(recipe.grpo, recipe.model.max_seq_length)}
+    args = trainer_config("grpo", values, out, recipe.seed)
     needed = section.train_limit
     if args.max_steps and args.max_steps > 0:  # read and render only the prompts the run reaches
         reach = args.max_steps * prompts_per_step(args)

@@ -125,15 +125,22 @@ def adapter_config(adapter: str | Path) -> dict[str, Any]:
 
 
 def _dtype(spec: ModelSpec, on_cuda: bool) -> Any:
+    """The load dtype: float32 on CPU; on CUDA by the card's compute capability (gpu.load_dtype:
+    bf16 only where it is native, so `auto` and `bfloat16` load fp16 on a T4)."""
     import torch
+
+    from recone_lite.gpu import cuda_capability, describe_precision, load_dtype, log_once
 
     if not on_cuda:
         if spec.dtype not in ("auto", "float32"):
             log.info(f"model: {spec.dtype} asked, using float32 on CPU")
         return torch.float32
-    if spec.dtype == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return getattr(torch, spec.dtype)
+    capability = cuda_capability()
+    name = load_dtype(spec.dtype, capability)
+    if name != spec.dtype and spec.dtype != "auto":
+        log_once(f"precision: {describe_precision(capability)}: model.dtype {spec.dtype} "
+                 f"loads as {name}")
+    return getattr(torch, name)
 
 
 def _unsloth_usable(engine: Engine, on_cuda: bool, spec: ModelSpec) -> bool:
@@ -151,7 +158,8 @@ def _unsloth_usable(engine: Engine, on_cuda: bool, spec: ModelSpec) -> bool:
 
 
 def load_model(
-    spec: ModelSpec, *, for_training: bool = False, engine: Engine = "auto"
+    spec: ModelSpec, *, for_training: bool = False, engine: Engine = "auto",
+    vllm_lora_rank: int | None = None,
 ) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` for `spec`, with its adapter when it names one.
 
@@ -159,6 +167,8 @@ def load_model(
     left, and an adapter on an unquantized base is merged into it (faster). For training, an
     adapter stays a trainable peft adapter. The tokenizer always has a pad token.
     `engine` forces Unsloth or transformers; `auto` takes Unsloth on CUDA when it imports.
+    `vllm_lora_rank` (GRPO with vLLM rollouts): Unsloth starts its vLLM engine on the same
+    weights for adapters of that rank (gpu.unsloth_kwargs).
     """
     check_spec(spec)
     import torch  # torch before unsloth is fine; transformers, peft and trl are not
@@ -169,7 +179,7 @@ def load_model(
     used = "transformers"
     if _unsloth_usable(engine, on_cuda, spec):
         try:
-            model, tokenizer = _load_unsloth(spec, dtype)
+            model, tokenizer = _load_unsloth(spec, dtype, vllm_lora_rank)
             used = "unsloth"
         except Exception as err:  # no accelerator it knows, a version clash, an unsupported model
             if engine == "unsloth":
@@ -198,29 +208,50 @@ def load_model(
     return model, tokenizer
 
 
-def _load_unsloth(spec: ModelSpec, dtype: Any) -> tuple[Any, Any]:
+def _load_unsloth(spec: ModelSpec, dtype: Any, vllm_lora_rank: int | None = None
+                  ) -> tuple[Any, Any]:
     import unsloth  # noqa: F401  (first: it patches transformers, peft and trl on import)
     from unsloth import FastLanguageModel
 
-    return FastLanguageModel.from_pretrained(
-        model_name=spec.name,
-        max_seq_length=spec.max_seq_length,
-        dtype=dtype,
-        load_in_4bit=spec.quantization == "4bit",
-        load_in_8bit=spec.quantization == "8bit",
-        trust_remote_code=spec.trust_remote_code,
-    )
+    from recone_lite.gpu import unsloth_kwargs
+
+    return FastLanguageModel.from_pretrained(**unsloth_kwargs(
+        name=spec.name, max_seq_length=spec.max_seq_length, dtype=dtype,
+        quantization=spec.quantization, trust_remote_code=spec.trust_remote_code,
+        vllm_lora_rank=vllm_lora_rank))
+
+
+def zero_stage() -> int | None:
+    """The DeepSpeed ZeRO stage of this process: announced by `accelerate launch`, or 3 when
+    transformers' own DeepSpeed config (built by TrainingArguments) says so."""
+    from recone_lite.gpu import zero_stage_from_env
+
+    stage = zero_stage_from_env()
+    if stage is None:
+        try:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            stage = 3 if is_deepspeed_zero3_enabled() else None
+        except ImportError:  # an older transformers layout
+            stage = None
+    return stage
 
 
 def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from recone_lite.gpu import check_zero_quantization, device_map
 
     folder, gguf = spec.source()
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
     if gguf is not None:
         kwargs["gguf_file"] = gguf
     if on_cuda:
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
+        stage = zero_stage()
+        check_zero_quantization(stage, spec.quantization)
+        placement = device_map(on_cuda, stage, int(os.environ.get("LOCAL_RANK", 0)))
+        if placement is not None:  # none under ZeRO-3: DeepSpeed places the shards
+            kwargs["device_map"] = placement
         if spec.quantization != "none":
             from transformers import BitsAndBytesConfig
 

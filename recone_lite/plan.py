@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recone_lite.gpu import describe_precision, grpo_layout, precision_for
+
 GIB = 1024**3
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -351,12 +353,21 @@ def activation_elements(shape: Shape) -> int:
 DEVICES: dict[str, dict[str, float]] = {
     # name: memory GiB, effective FLOP/s, memory bandwidth B/s
     "cpu": {"memory": 24, "flops": 6e10, "bandwidth": 1e10},
+    "t4": {"memory": 15, "flops": 1.5e13, "bandwidth": 2.6e11},  # 16 GB card, 15 GiB usable
+    "rtx2080ti": {"memory": 11, "flops": 2.0e13, "bandwidth": 5.5e11},
+    "rtx3090": {"memory": 24, "flops": 3.5e13, "bandwidth": 8.5e11},
     "rtx4060-laptop": {"memory": 8, "flops": 2.0e13, "bandwidth": 2.5e11},
     "rtx4080": {"memory": 16, "flops": 5.0e13, "bandwidth": 7.0e11},
     "rtx4090": {"memory": 24, "flops": 8.0e13, "bandwidth": 1.0e12},
     "a100-80g": {"memory": 80, "flops": 1.1e14, "bandwidth": 2.0e12},
     "h20": {"memory": 96, "flops": 5.0e13, "bandwidth": 4.0e12},
     "h100": {"memory": 80, "flops": 3.5e14, "bandwidth": 3.3e12},
+}
+# Compute capability of each profile: it decides the precision (gpu.precision_for: bf16 from
+# 8.0, else fp16). Turing (7.5: T4, RTX 20xx, Quadro RTX) has no native bf16.
+CAPABILITY: dict[str, tuple[int, int] | None] = {
+    "cpu": None, "t4": (7, 5), "rtx2080ti": (7, 5), "rtx3090": (8, 6), "rtx4060-laptop": (8, 9),
+    "rtx4080": (8, 9), "rtx4090": (8, 9), "a100-80g": (8, 0), "h20": (9, 0), "h100": (9, 0),
 }
 GENERATE_STEP_OVERHEAD = {"cuda": 0.025, "cpu": 0.02}  # seconds per token, transformers generate
 
@@ -519,7 +530,13 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
     memory = DEVICES[device_name]["memory"] if memory_gib is None else memory_gib
     shape, source = model_shape(recipe.model)
     s = settings_from_recipe(recipe, device)
+    layout = batch_layout(recipe, gpus)
+    if layout is not None and gpus > 1:  # each process generates its share of the global batch
+        fixed = layout if layout.generation_batch else grpo_layout(
+            {**recipe.grpo, **fix_values(layout.fix)}, gpus, trainer_defaults("grpo"))
+        s = dataclasses.replace(s, generation_batch=max(fixed.generation_batch // gpus, 1))
     e = estimate(shape, s, device_name=device_name, memory_gib=memory)
+    capability = CAPABILITY.get(device_name, (8, 0))
     result: dict[str, Any] = {
         "recipe": recipe.description,
         "model": recipe.model.name,
@@ -527,6 +544,8 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
         "device": device_name,
         "memory_gib": memory,
         "gpus": gpus,
+        "precision": precision_for(capability),
+        "precision_why": describe_precision(capability),
         "parameters": e.params,
         "lora_parameters": e.lora_params,
         "peak_gib": round(e.total, 2),
@@ -540,11 +559,67 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
         "knobs": [{"change": t, "peak_gib": round(v, 2)}
                   for t, v in knobs(shape, s, device_name=device_name, memory_gib=memory)],
     }
+    if layout is not None:
+        result["batch_layout"] = {
+            "world_size": gpus, "valid": layout.problem is None,
+            "generation_batch": layout.generation_batch,
+            "steps_per_generation": layout.steps_per_generation,
+            "problem": layout.problem, "fix": layout.fix}
+    result["checks"] = gpu_checks(recipe, device)
     if steps is not None:
         result["steps"] = steps
         result["run_hours"] = round(steps * e.step_seconds / 3600, 2)
         result["gpu_hours"] = round(steps * e.step_seconds * gpus / 3600, 2)
     return result
+
+
+def trainer_defaults(section: str) -> dict[str, Any]:
+    """The defaults of TRL's GRPOConfig / SFTConfig fields."""
+    import trl
+
+    config = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
+    return {f.name: f.default for f in dataclasses.fields(config)
+            if f.default is not dataclasses.MISSING}
+
+
+def batch_layout(recipe: Any, gpus: int) -> Any:
+    """TRL's GRPO batch layout of the recipe at `gpus` processes (gpu.grpo_layout); None for SFT,
+    whose batch has no divisibility rule."""
+    if recipe.kind != "grpo":
+        return None
+    return grpo_layout(recipe.grpo, gpus, trainer_defaults("grpo"))
+
+
+def fix_values(fix: list[str]) -> dict[str, Any]:
+    """`grpo.key=value` overrides as `{key: value}`.
+
+    >>> fix_values(["grpo.generation_batch_size=null", "grpo.steps_per_generation=4"])
+    {'generation_batch_size': None, 'steps_per_generation': 4}
+    """
+    import yaml
+
+    pairs = (item.removeprefix("grpo.").partition("=") for item in fix)
+    return {key: yaml.safe_load(value) for key, _, value in pairs}
+
+
+def gpu_checks(recipe: Any, device: str) -> list[str]:
+    """What the GPU path would refuse or change, as lines for the plan (not errors: a plan is
+    made anywhere): vLLM from a 4-bit base without Unsloth, vLLM's context bound."""
+    from recone_lite.errors import InputError
+    from recone_lite.gpu import check_vllm_quantization, vllm_settings
+
+    if recipe.kind != "grpo" or device != "cuda" or not recipe.grpo.get("use_vllm"):
+        return []
+    lines = []
+    try:
+        check_vllm_quantization(recipe.grpo, recipe.model.quantization, unsloth=False)
+    except InputError as err:
+        lines.append(f"without Unsloth: {err}")
+    bound = vllm_settings(recipe.grpo, recipe.model.max_seq_length)
+    if bound:
+        lines.append(f"vLLM context: grpo.vllm_max_model_length={bound['vllm_max_model_length']} "
+                     "(model.max_seq_length; set it in the recipe to choose)")
+    return lines
 
 
 def print_plan(plan: dict[str, Any]) -> None:
@@ -594,6 +669,17 @@ def print_plan(plan: dict[str, Any]) -> None:
         line += f"; {plan['steps']} steps ~ {plan['run_hours']:g} h ({plan['gpu_hours']:g} GPU-h)"
     log.info(line)
     log.info(f"shape: {plan['shape_from']}")
+    log.info(f"precision: {plan['precision_why']}")
+    layout = plan.get("batch_layout")
+    if layout and layout["valid"]:
+        log.info(f"batch at {layout['world_size']} GPU(s): valid (generation batch "
+                 f"{layout['generation_batch']} global, steps_per_generation "
+                 f"{layout['steps_per_generation']})")
+    elif layout:
+        log.warn(f"batch at {layout['world_size']} GPU(s): TRL refuses it: {layout['problem']}; "
+                 f"override: {' '.join(layout['fix'])}")
+    for line in plan.get("checks", []):
+        log.info(line)
     if plan["verdict"] != "fits" and plan["knobs"]:
         log.info("to lower the peak, override one of:")
         for knob in plan["knobs"][:5]:

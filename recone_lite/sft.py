@@ -28,6 +28,7 @@ from recone_lite.prepared import iter_split
 from recone_lite.runs import RunRecord, open_run_dir
 from recone_lite.training import (
     Data,
+    check_gpu_path,
     check_trainable,
     cuda_available,
     evaluate,
@@ -272,6 +273,7 @@ def train(
         raise InputError("no such trace file", path=traces)
     out = Path(recipe.output_dir)
     data = load_data(recipe.data, {recipe.data.eval_split: recipe.data.eval_limit}, recipe.seed)
+    check_gpu_path(recipe)
     args = sft_config(recipe.sft, recipe, out)
     dev = data.splits[recipe.data.eval_split]
     pairs, counts = read_traces(traces, recipe, data, strict=strict)

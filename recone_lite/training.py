@@ -13,6 +13,7 @@ import dataclasses
 import math
 import random
 import statistics
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,12 @@ from typing import Any
 from recone_lite import log
 from recone_lite.config import DataSection, Recipe, check_integrations
 from recone_lite.errors import InputError, ReconeError
+from recone_lite.gpu import (
+    check_vllm_quantization,
+    cuda_capability,
+    grpo_layout,
+    world_size_from_env,
+)
 from recone_lite.prepared import iter_split, read_scale
 from recone_lite.runs import RunRecord, write_log_history
 
@@ -147,7 +154,9 @@ def load_trainable(recipe: Recipe) -> tuple[Any, Any]:
         if spec.adapter and spec.adapter != recipe.init_adapter:
             raise InputError("set model.adapter or init_adapter, not both", field="init_adapter")
         spec = spec.model_copy(update={"adapter": recipe.init_adapter})
-    model, tokenizer = load_model(spec, for_training=True)
+    model, tokenizer = load_model(spec, for_training=True, vllm_lora_rank=vllm_lora_rank(recipe))
+    if recipe.kind == "grpo":  # Unsloth may have failed to load and left transformers + bnb
+        check_vllm_quantization(recipe.grpo, recipe.model.quantization, is_unsloth(model))
     if spec.adapter:  # models.py loaded it with is_trainable=True
         cfg = model.peft_config.get("default")
         log.info(
@@ -156,6 +165,32 @@ def load_trainable(recipe: Recipe) -> tuple[Any, Any]:
         )
         return model, tokenizer
     return add_lora(model, recipe), tokenizer
+
+
+def vllm_lora_rank(recipe: Recipe) -> int | None:
+    """The LoRA rank Unsloth's vLLM engine must serve when GRPO generates with vLLM (the
+    continued adapter's own rank under `init_adapter`), else None."""
+    if recipe.kind != "grpo" or not recipe.grpo.get("use_vllm"):
+        return None
+    adapter = recipe.init_adapter or recipe.model.adapter
+    if adapter:
+        from recone_lite.models import adapter_config
+
+        return int(adapter_config(adapter).get("r") or recipe.lora.r)
+    return recipe.lora.r
+
+
+def check_gpu_path(recipe: Recipe) -> None:
+    """The rules a run meets on GPUs, checked before any model loads (a dry run too): no 4-bit
+    base under ZeRO-3 (announced by `accelerate launch`), no vLLM rollouts from a 4-bit base
+    without Unsloth."""
+    from recone_lite.gpu import check_zero_quantization, zero_stage_from_env
+    from recone_lite.versions import package_version
+
+    check_zero_quantization(zero_stage_from_env(), recipe.model.quantization)
+    if recipe.kind == "grpo" and cuda_available():
+        unsloth = package_version("unsloth") != "not installed"
+        check_vllm_quantization(recipe.grpo, recipe.model.quantization, unsloth)
 
 
 def quiet_progress_bars() -> None:
@@ -181,10 +216,17 @@ def is_unsloth(model: Any) -> bool:
     return bool(getattr(config, "unsloth_version", None)) or "unsloth" in type(model).__module__
 
 
+def wants_checkpointing(recipe: Recipe) -> bool:
+    """`gradient_checkpointing` of the recipe's own trainer section (`sft:` for an SFT recipe,
+    `grpo:` for GRPO and its format warm-up); TRL's default (on) when the section is silent."""
+    section = recipe.sft if recipe.kind == "sft" else recipe.grpo
+    return bool(section.get("gradient_checkpointing", True))
+
+
 def add_lora(model: Any, recipe: Recipe) -> Any:
     """A fresh LoRA adapter from the recipe's `lora:` section; QLoRA when the base is quantized."""
     lora = recipe.lora
-    gradient_checkpointing = bool(recipe.grpo.get("gradient_checkpointing", True))
+    gradient_checkpointing = wants_checkpointing(recipe)
     if is_unsloth(model):
         from unsloth import FastLanguageModel
 
@@ -300,17 +342,27 @@ def busy_threads(samples: int = 5, interval: float = 0.1) -> int:
     return round(statistics.median(counts))
 
 
-def device_settings(section: str, values: dict[str, Any], on_cuda: bool) -> dict[str, Any]:
+def device_settings(section: str, values: dict[str, Any], on_cuda: bool,
+                    capability: tuple[int, int] | None = None) -> dict[str, Any]:
     """TRL settings that the device forces. Without CUDA: fp32 on the CPU, no gradient
     checkpointing (bf16 on CPU made a step ~8x slower; checkpointing only saves GPU memory).
+    On CUDA, the precision of the card's compute `capability` (gpu.precision_settings): fp16
+    instead of bf16 below 8.0 (T4, RTX 20xx), where Unsloth loads fp16 and bf16 is emulated.
 
     >>> device_settings("grpo", {"bf16": True}, on_cuda=False)
     {'bf16': False, 'fp16': False, 'use_cpu': True, 'gradient_checkpointing': False}
-    >>> device_settings("grpo", {}, on_cuda=True)
+    >>> device_settings("grpo", {}, on_cuda=True, capability=(8, 9))
     {}
+    >>> device_settings("sft", {"bf16": True}, on_cuda=True, capability=(7, 5))
+    {'bf16': False, 'fp16': True}
     """
     if on_cuda:
-        return {}
+        from recone_lite.gpu import describe_precision, log_once, precision_settings
+
+        forced = precision_settings(values, capability)
+        if forced:
+            log_once(f"precision: {describe_precision(capability)}: training with fp16")
+        return forced
     if values.get("use_vllm"):
         raise InputError("use_vllm needs CUDA; remove it to generate with transformers on CPU",
                          field=f"{section}.use_vllm")
@@ -347,12 +399,28 @@ def trainer_config(section: str, values: dict[str, Any], out: Path, seed: int) -
         "seed": seed,
         "save_strategy": "steps",
     }
-    merged = {**defaults, **values, **device_settings(section, values, cuda_available())}
+    on_cuda = cuda_available()
+    capability = cuda_capability() if on_cuda else None
+    merged = {**defaults, **values, **device_settings(section, values, on_cuda, capability)}
     check_integrations(section, merged["report_to"])  # before any model loads, dry runs too
+    if section == "grpo":  # the batch layout at the launcher's world size, with its fix
+        layout = grpo_layout(merged, world_size_from_env(), trainer_defaults(section))
+        if layout.problem:
+            raise InputError(f"{layout.problem} at {layout.world_size} process(es); override "
+                             f"{' '.join(layout.fix)}", field=section)
     try:
         return cls(output_dir=str(out), **merged)
     except (ValueError, TypeError) as err:
         raise InputError(str(err).strip().splitlines()[0], field=section) from None
+
+
+def trainer_defaults(section: str) -> dict[str, Any]:
+    """The defaults of TRL's GRPOConfig / SFTConfig fields."""
+    import trl
+
+    cls = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
+    return {f.name: f.default for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING}
 
 
 def prompts_per_step(args: Any) -> int:
@@ -602,6 +670,8 @@ def make_monitor(
             earlier = record.record if record is not None else {}
             self.raised: list[dict[str, Any]] = list(earlier.get("alarms") or [])
             self.dev: list[dict[str, Any]] = list(earlier.get("dev_history") or [])
+            self.step: Callable[..., None] = lambda *a, **k: None  # run_trainer's bar
+            self.first, self.started = 0, time.monotonic()
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = logs or {}
@@ -618,8 +688,14 @@ def make_monitor(
                     )
                 alarm.active = message is not None
 
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.first, self.started = state.global_step, time.monotonic()
+            self.step(0, total=state.max_steps - state.global_step)
+
         def on_step_end(self, args, state, control, **kwargs):
             step = state.global_step
+            seconds = (time.monotonic() - self.started) / max(step - self.first, 1)
+            self.step(note=f"step {step}/{state.max_steps} · {seconds:.1f} s/step")
             if evaluate_dev and eval_steps and step % eval_steps == 0 and step < state.max_steps:
                 self.evaluate(step)  # the last step's evaluation is run_trainer's final one
 
@@ -668,7 +744,7 @@ def run_trainer(
     record.update(**(extra or {}))
     if checkpoint is not None:
         log.info(f"resuming from {checkpoint}")
-    with explain_oom(section):
+    with explain_oom(section), log.progress(section, unit="steps") as monitor.step:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     state = trainer.state
@@ -866,8 +942,10 @@ def print_plan(
         how = "max_steps"
     adapter = f"continue {recipe.init_adapter}" if recipe.init_adapter else \
         f"LoRA r={recipe.lora.r} alpha={recipe.lora.alpha} on {recipe.lora.target_modules}"
+    precision = run_precision(args)
     lines = [
         f"plan: {section} ({'cuda' if cuda_available() else 'cpu'})",
+        f"  precision {precision}",
         f"  model    {recipe.model.name} ({memory['parameters'] / 1e6:,.1f}M parameters), "
         f"{recipe.model.quantization}",
         f"  adapter  {adapter} (~{memory['lora_parameters'] / 1e6:.2f}M trainable)",
@@ -883,7 +961,19 @@ def print_plan(
     for line in lines:
         log.info(line)
     log.console.print(prompt.text, markup=False, highlight=False)
-    return {"steps": steps, "per_step": per_step, "memory_gib": round(memory["total"], 2)}
+    return {"steps": steps, "per_step": per_step, "memory_gib": round(memory["total"], 2),
+            "precision": precision.split()[0]}
+
+
+def run_precision(args: Any) -> str:
+    """The precision a TRL config trains in, with the card's reason (for the dry run)."""
+    from recone_lite.gpu import describe_precision
+
+    if getattr(args, "use_cpu", False) or not cuda_available():
+        return "fp32 (CPU)"
+    chosen = "bf16" if args.bf16 else "fp16" if args.fp16 else "fp32"
+    card = describe_precision(cuda_capability())
+    return chosen if card.startswith(chosen) else f"{chosen} (the card: {card})"
 
 
 def run_dir_state(out: Path) -> str:

@@ -1,0 +1,351 @@
+"""The GPU path's rules, as small pure functions the CPU tests can check with the facts passed in.
+
+- Precision by compute capability: bf16 only where the card has it natively (>= 8.0: Ampere,
+  Ada, Hopper); Turing and older (T4, RTX 20xx, Quadro RTX) train and load in fp16.
+  `torch.cuda.is_bf16_supported()` answers True on Turing (emulated, slow, and Unsloth then
+  loads fp16 and refuses a bf16 trainer), so the capability decides, not that call.
+- TRL's batch divisibility at a world size (GRPOConfig.__post_init__ of TRL 1.14.2), with the
+  override that fixes a layout that breaks.
+- vLLM rollouts: a bounded context (`vllm_max_model_length`), and 4-bit bases only through
+  Unsloth's engine (`fast_inference`), never TRL merging a LoRA into bitsandbytes layers.
+- DeepSpeed ZeRO-3: no `device_map` (transformers refuses it) and no 4-bit base.
+
+Importing this module is cheap: torch is imported only by `cuda_capability`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from recone_lite import log
+from recone_lite.errors import InputError
+
+Precision = Literal["bf16", "fp16", "fp32"]
+NATIVE_BF16 = (8, 0)  # Ampere: the first compute capability with bf16 tensor cores
+
+# --- precision ----------------------------------------------------------------------------------
+
+
+def cuda_capability() -> tuple[int, int] | None:
+    """The first CUDA device's compute capability, or None without CUDA."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
+
+
+def precision_for(capability: tuple[int, int] | None) -> Precision:
+    """The 16-bit format a card computes in natively; fp32 without a GPU (None).
+
+    >>> precision_for((9, 0)), precision_for((8, 0)), precision_for((7, 5)), precision_for(None)
+    ('bf16', 'bf16', 'fp16', 'fp32')
+    """
+    if capability is None:
+        return "fp32"
+    return "bf16" if tuple(capability) >= NATIVE_BF16 else "fp16"
+
+
+def describe_precision(capability: tuple[int, int] | None) -> str:
+    """One phrase for logs and plans.
+
+    >>> describe_precision((7, 5))
+    'fp16 (compute capability 7.5 has no native bf16)'
+    >>> describe_precision((8, 9)), describe_precision(None)
+    ('bf16 (compute capability 8.9)', 'fp32 (CPU)')
+    """
+    precision = precision_for(capability)
+    if capability is None:
+        return "fp32 (CPU)"
+    where = f"compute capability {capability[0]}.{capability[1]}"
+    return f"{precision} ({where} has no native bf16)" if precision == "fp16" else \
+        f"{precision} ({where})"
+
+
+def load_dtype(asked: str, capability: tuple[int, int] | None) -> str:
+    """The torch dtype name a model loads in: `model.dtype` (`auto`, `float32`, `bfloat16`,
+    `float16`) on a card of `capability` (None: CPU, always float32). bfloat16 asked on a card
+    without native bf16 loads float16.
+
+    >>> load_dtype("auto", (8, 6)), load_dtype("auto", (7, 5)), load_dtype("bfloat16", (7, 5))
+    ('bfloat16', 'float16', 'float16')
+    >>> load_dtype("bfloat16", None), load_dtype("float32", (7, 5)), load_dtype("float16", (9, 0))
+    ('float32', 'float32', 'float16')
+    """
+    precision = precision_for(capability)
+    if precision == "fp32":
+        return "float32"
+    if asked == "auto" or (asked == "bfloat16" and precision == "fp16"):
+        return {"bf16": "bfloat16", "fp16": "float16"}[precision]
+    return asked
+
+
+def precision_settings(values: Mapping[str, Any], capability: tuple[int, int] | None) -> dict:
+    """TRL's `bf16` / `fp16` flags on a card of `capability`: a recipe's `bf16: true` (or TRL's
+    own bf16 default) becomes fp16 where bf16 is not native; a recipe that turns both off
+    (fp32 training) is left alone. CPU: see training.device_settings.
+
+    >>> precision_settings({"bf16": True}, (7, 5))
+    {'bf16': False, 'fp16': True}
+    >>> precision_settings({"bf16": True}, (8, 0)), precision_settings({}, (9, 0))
+    ({}, {})
+    >>> precision_settings({"bf16": False, "fp16": False}, (7, 5))
+    {}
+    """
+    if precision_for(capability) != "fp16":
+        return {}
+    if values.get("bf16") is False and not values.get("fp16"):
+        return {}
+    return {"bf16": False, "fp16": True}
+
+
+_said: set[str] = set()
+
+
+def log_once(message: str) -> None:
+    """`log.info` a message the first time only (precision is decided at load and at config)."""
+    if message not in _said:
+        _said.add(message)
+        log.info(message)
+
+
+# --- batch layout at a world size ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """TRL's GRPO batch geometry at `world_size` processes, or why TRL refuses it and the
+    overrides that fix it."""
+
+    world_size: int
+    per_device: int
+    accumulation: int
+    num_generations: int
+    generation_batch: int | None  # global; None when TRL would refuse
+    steps_per_generation: int | None
+    problem: str | None = None
+    fix: list[str] = field(default_factory=list)
+
+    @property
+    def prompts_per_step(self) -> int:
+        completions = self.per_device * self.accumulation * self.world_size
+        return max(completions // self.num_generations, 1)
+
+
+def grpo_layout(values: Mapping[str, Any], world_size: int,
+                defaults: Mapping[str, Any] | None = None) -> BatchLayout:
+    """The GRPO batch layout of a `grpo:` section at `world_size`, by the rules of TRL 1.14.2's
+    `GRPOConfig.__post_init__` (tests check the two agree on every shipped recipe): the global
+    generation batch is a multiple of `per_device_train_batch_size x world_size` and of
+    `num_generations`; `generation_batch_size` and `steps_per_generation` exclude each other.
+    A problem comes with the overrides that fix it: `steps_per_generation`, which scales with
+    the world size (`_layout_fix`).
+
+    >>> music = {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 8,
+    ...          "generation_batch_size": 32, "num_generations": 8}
+    >>> grpo_layout(music, 1).steps_per_generation, grpo_layout(music, 2).generation_batch
+    (4, 32)
+    >>> bad = grpo_layout(music, 3)
+    >>> bad.problem
+    'generation_batch_size (32) must be divisible by the global batch size (24 = 8 per device x 3)'
+    >>> bad.fix
+    ['grpo.generation_batch_size=null', 'grpo.steps_per_generation=4']
+    >>> fixed = {**music, "generation_batch_size": None, "steps_per_generation": 4}
+    >>> grpo_layout(fixed, 8).generation_batch, grpo_layout(fixed, 8).prompts_per_step
+    (256, 64)
+    """
+    get = {**(defaults or {}), **values}.get
+    per_device = int(get("per_device_train_batch_size") or 8)
+    accumulation = int(get("gradient_accumulation_steps") or 1)
+    groups = int(get("num_generations") or 8)
+    generation, steps = get("generation_batch_size"), get("steps_per_generation")
+    micro = per_device * world_size
+    base = {"world_size": world_size, "per_device": per_device, "accumulation": accumulation,
+            "num_generations": groups}
+    problem = None
+    if generation is not None and steps is not None:
+        problem = "generation_batch_size and steps_per_generation cannot both be set"
+    elif generation is not None:
+        if int(generation) % micro:
+            problem = (f"generation_batch_size ({generation}) must be divisible by the global "
+                       f"batch size ({micro} = {per_device} per device x {world_size})")
+        else:
+            steps = int(generation) // micro
+    else:
+        steps = int(steps or accumulation)
+        generation = micro * steps
+    if problem is None and int(generation) % groups:
+        problem = (f"the generation batch ({generation} = {per_device} per device x {world_size} "
+                   f"x {steps} steps_per_generation) must be divisible by num_generations "
+                   f"({groups})")
+    if groups < 2:
+        problem = f"num_generations must be at least 2 (got {groups})"
+    if problem is None:
+        return BatchLayout(**base, generation_batch=int(generation), steps_per_generation=steps)
+    return BatchLayout(**base, generation_batch=None, steps_per_generation=None, problem=problem,
+                       fix=_layout_fix(values, per_device, accumulation, groups, world_size))
+
+
+def _layout_fix(values: Mapping[str, Any], per_device: int, accumulation: int, groups: int,
+                world_size: int) -> list[str]:
+    """Overrides that make the layout valid: `steps_per_generation`, so that each GPU generates
+    at most the rollouts the recipe's `generation_batch_size` asks of one GPU (its memory), at
+    most one optimizer step's worth (more would train on stale rollouts), and whole groups."""
+    if groups < 2:
+        return ["grpo.num_generations=2"]
+    asked = values.get("generation_batch_size") or per_device * int(
+        values.get("steps_per_generation") or accumulation)
+    unit = groups // math.gcd(groups, per_device * world_size)  # steps that hold whole groups
+    steps = min(int(asked) // per_device, accumulation) // unit * unit
+    fix = []
+    if values.get("generation_batch_size") is not None:
+        fix.append("grpo.generation_batch_size=null")
+    return [*fix, f"grpo.steps_per_generation={max(steps, unit)}"]
+
+
+def world_size_from_env(env: Mapping[str, str] | None = None) -> int:
+    """The process count a launcher (torchrun, `accelerate launch`) set, else 1.
+
+    >>> world_size_from_env({"WORLD_SIZE": "3"}), world_size_from_env({})
+    (3, 1)
+    """
+    env = os.environ if env is None else env
+    try:
+        return max(int(env.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+# --- vLLM ---------------------------------------------------------------------------------------
+
+
+def vllm_settings(values: Mapping[str, Any], max_seq_length: int) -> dict[str, Any]:
+    """`vllm_max_model_length` from the model's `max_seq_length` when a recipe uses vLLM and sets
+    none: otherwise vLLM sizes its KV cache for the model's whole context (Qwen2.5-7B-Instruct-1M:
+    1,010,000 positions, ~58 GB for one sequence).
+
+    >>> vllm_settings({"use_vllm": True}, 2304), vllm_settings({}, 2304)
+    ({'vllm_max_model_length': 2304}, {})
+    >>> vllm_settings({"use_vllm": True, "vllm_max_model_length": 4096}, 2304)
+    {}
+    """
+    if not values.get("use_vllm") or values.get("vllm_max_model_length"):
+        return {}
+    return {"vllm_max_model_length": max_seq_length}
+
+
+def check_vllm_quantization(values: Mapping[str, Any], quantization: str, unsloth: bool) -> None:
+    """Refuse vLLM rollouts from a 4-bit base without Unsloth: TRL would merge the LoRA into
+    bitsandbytes layers at every weight sync (shape assertions or re-quantization drift; TRL
+    #3654, #4973, #3466). Unsloth serves them from the same 4-bit weights (`fast_inference`).
+
+    >>> check_vllm_quantization({"use_vllm": True}, "4bit", unsloth=True)
+    >>> check_vllm_quantization({"use_vllm": True}, "4bit", unsloth=False)
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: grpo.use_vllm: vLLM rollouts from a 4bit base need Unsloth \
+(pip install 'recone-lite[gpu]'); or set model.quantization=none, or grpo.use_vllm=false
+    """
+    if values.get("use_vllm") and quantization != "none" and not unsloth:
+        raise InputError(
+            f"vLLM rollouts from a {quantization} base need Unsloth (pip install "
+            "'recone-lite[gpu]'); or set model.quantization=none, or grpo.use_vllm=false",
+            field="grpo.use_vllm")
+
+
+def unsloth_kwargs(*, name: str, max_seq_length: int, dtype: Any, quantization: str,
+                   trust_remote_code: bool = False, vllm_lora_rank: int | None = None) -> dict:
+    """Keyword arguments of Unsloth's `FastLanguageModel.from_pretrained`. With vLLM rollouts
+    (`vllm_lora_rank`: the adapter's rank), Unsloth starts its own vLLM engine on the same
+    weights (`fast_inference`) sized for that LoRA rank, and TRL's trainer reuses it.
+
+    >>> kw = unsloth_kwargs(name="m", max_seq_length=2304, dtype=None, quantization="4bit",
+    ...                     vllm_lora_rank=16)
+    >>> kw["load_in_4bit"], kw["fast_inference"], kw["max_lora_rank"]
+    (True, True, 16)
+    >>> "fast_inference" in unsloth_kwargs(name="m", max_seq_length=8, dtype=None,
+    ...                                    quantization="none")
+    False
+    """
+    kwargs: dict[str, Any] = {
+        "model_name": name,
+        "max_seq_length": max_seq_length,
+        "dtype": dtype,
+        "load_in_4bit": quantization == "4bit",
+        "load_in_8bit": quantization == "8bit",
+        "trust_remote_code": trust_remote_code,
+    }
+    if vllm_lora_rank is not None:
+        kwargs.update(fast_inference=True, max_lora_rank=vllm_lora_rank)
+    return kwargs
+
+
+# --- DeepSpeed ----------------------------------------------------------------------------------
+
+
+def zero_stage_from_env(env: Mapping[str, str] | None = None) -> int | None:
+    """The DeepSpeed ZeRO stage `accelerate launch` announced to this process, or None.
+
+    >>> zero_stage_from_env({"ACCELERATE_USE_DEEPSPEED": "true",
+    ...                      "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"})
+    3
+    >>> zero_stage_from_env({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}) is None
+    True
+    """
+    env = os.environ if env is None else env
+    if env.get("ACCELERATE_USE_DEEPSPEED", "").lower() != "true":
+        return None
+    try:
+        return int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", ""))
+    except ValueError:
+        return None
+
+
+def zero_stage_of_config(path: str | Path) -> int | None:
+    """The ZeRO stage an accelerate config file sets (None: not DeepSpeed)."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict) or raw.get("distributed_type") != "DEEPSPEED":
+        return None
+    stage = (raw.get("deepspeed_config") or {}).get("zero_stage")
+    return int(stage) if isinstance(stage, int) else None
+
+
+def check_zero_quantization(stage: int | None, quantization: str, where: str = "") -> None:
+    """Refuse a quantized (bitsandbytes) base under ZeRO-3, which shards the weights that
+    bitsandbytes packs.
+
+    >>> check_zero_quantization(2, "4bit"), check_zero_quantization(3, "none")
+    (None, None)
+    >>> check_zero_quantization(3, "4bit", "zero3.yaml")
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: model.quantization: DeepSpeed ZeRO-3 (zero3.yaml) cannot \
+shard a 4bit base: set model.quantization=none, or use ddp / zero2
+    """
+    if stage == 3 and quantization != "none":
+        what = f" ({where})" if where else ""
+        raise InputError(f"DeepSpeed ZeRO-3{what} cannot shard a {quantization} base: set "
+                         "model.quantization=none, or use ddp / zero2",
+                         field="model.quantization")
+
+
+def device_map(on_cuda: bool, zero_stage: int | None, local_rank: int = 0) -> dict | None:
+    """transformers' `device_map` for a model load: this process's GPU, none on CPU, and none
+    under ZeRO-3 (DeepSpeed places the shards; transformers refuses a device_map there).
+
+    >>> device_map(True, None, 1), device_map(True, 3, 1), device_map(False, None)
+    ({'': 1}, None, None)
+    """
+    if not on_cuda or zero_stage == 3:
+        return None
+    return {"": local_rank}
