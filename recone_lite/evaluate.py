@@ -31,7 +31,7 @@ from recone_lite.baselines import (
 from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import info, warn
-from recone_lite.metrics import fmt_metric, summarize
+from recone_lite.metrics import confusion, fmt_metric, summarize
 from recone_lite.prepared import read_scale, read_split
 
 
@@ -131,7 +131,10 @@ def evaluate(
         "format_ok": round(sum(o is True for o in ok) / len(ok), 4)
         if any(o is not None for o in ok)
         else None,
+        # expected: each rating is the mean of the model's distribution (predict's `probs`)
+        "readout": "expected" if any(line and "probs" in line for line in lines) else "text",
         "model": summarize(predictions, truths, scale, fallback),
+        "confusion": confusion(predictions, truths, scale),
         "baselines": {
             name: summarize(values, truths, scale, fallback)
             for name, values in baseline_predictions(fitted, scored).items()

@@ -387,9 +387,11 @@ def _run_tool(command: list[str], name: str) -> None:
     tail: collections.deque[str] = collections.deque(maxlen=15)
     try:
         with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, errors="replace") as process:
+                              text=True, errors="replace") as process, \
+                log.progress(f"export: {name}") as step:  # its newest output line as the note
             for line in process.stdout or []:
                 tail.append(line.rstrip())
+                step(0, note=line.strip()[:60])
     except OSError as err:  # not executable, a missing interpreter
         raise ReconeError(f"cannot run {name}: {err}") from None
     if process.returncode != 0:
@@ -706,30 +708,38 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 def write_merged(source: Source, out: Path, dtype: str, verify: bool, prompts: int = 3,
                  params: int | None = None) -> dict[str, Any]:
     """Merge, save under a temporary name, verify the saved files, rename into place."""
-    compute = work_dtype(dtype, source.base, params)
-    model, tokenizer = load_base(source.base, compute)
-    if source.base.source()[1] is not None:
-        log.info("export: the base is a GGUF, dequantized on load; the adapter is merged into "
-                 "those weights, the ones it was trained on")
-    check_disk(out, param_count(model) * BYTES_PER_PARAM[dtype], str(out))
-    peft_model = attach_adapter(model, source)
-    probes = probe(peft_model, tokenizer, source, prompts) if verify else []
-    with atomic_path(out) as tmp:
-        engine = save_merged(peft_model, tokenizer, tmp, dtype)
-        del model, peft_model
-        _free()
-        report = check_merged(tmp, probes, dtype, compute, source) if verify else None
-        if report is not None:
-            log.info(report.line())
-            if not report.ok:
-                raise ReconeError(f"verification failed, nothing written to {out}: "
-                                  f"{report.problem} (--no-verify writes it anyway)")
-        recipe_file = source.adapter / "recipe.yaml"
-        if recipe_file.is_file():
-            shutil.copyfile(recipe_file, tmp / "recipe.yaml")
-        _write_json(tmp / RECONE_JSON, _record(
-            source, "merged", dtype=dtype, merged_by=engine,
-            verification=dataclasses.asdict(report) if report else None))
+    with log.progress("export", 4 if verify else 2, unit="stages",
+                      note="loading the base") as step:
+        compute = work_dtype(dtype, source.base, params)
+        model, tokenizer = load_base(source.base, compute)
+        if source.base.source()[1] is not None:
+            log.info("export: the base is a GGUF, dequantized on load; the adapter is merged "
+                     "into those weights, the ones it was trained on")
+        check_disk(out, param_count(model) * BYTES_PER_PARAM[dtype], str(out))
+        peft_model = attach_adapter(model, source)
+        if verify:
+            step(note="probing base + adapter")
+        probes = probe(peft_model, tokenizer, source, prompts) if verify else []
+        step(note="merging and saving")
+        with atomic_path(out) as tmp:
+            engine = save_merged(peft_model, tokenizer, tmp, dtype)
+            del model, peft_model
+            _free()
+            if verify:
+                step(note="verifying the saved model")
+            report = check_merged(tmp, probes, dtype, compute, source) if verify else None
+            step(note="writing recone.json")
+            if report is not None:
+                log.info(report.line())
+                if not report.ok:
+                    raise ReconeError(f"verification failed, nothing written to {out}: "
+                                      f"{report.problem} (--no-verify writes it anyway)")
+            recipe_file = source.adapter / "recipe.yaml"
+            if recipe_file.is_file():
+                shutil.copyfile(recipe_file, tmp / "recipe.yaml")
+            _write_json(tmp / RECONE_JSON, _record(
+                source, "merged", dtype=dtype, merged_by=engine,
+                verification=dataclasses.asdict(report) if report else None))
     return {"verification": dataclasses.asdict(report) if report else None, "merged_by": engine}
 
 

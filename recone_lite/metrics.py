@@ -118,6 +118,23 @@ def summarize(
     }
 
 
+def confusion(
+    predictions: Sequence[float | None], truths: Sequence[float], scale: tuple[float, float]
+) -> dict[str, dict[str, int]]:
+    """Counts of true rating (rows) x predicted rating (columns, `failed` last), in the buckets
+    of `summarize`: `report`'s confusion matrix.
+
+    >>> confusion([5.0, 4.4, None], [5.0, 4.0, 4.0], (1.0, 5.0))["4"]
+    {'1': 0, '2': 0, '3': 0, '4': 1, '5': 0, 'failed': 1}
+    """
+    keys, bucket = _bucketer(truths, scale)
+    matrix = {key: dict.fromkeys([*keys, "failed"], 0) for key in keys}
+    for p, t in zip(predictions, truths, strict=True):
+        ok = p is not None and math.isfinite(p)
+        matrix[bucket(float(t))][bucket(float(p)) if ok else "failed"] += 1
+    return matrix
+
+
 def _round(value: float | None) -> float | None:
     """Four decimals in reports: enough to compare with the paper's numbers, stable in tests."""
     return None if value is None else round(value, 4)

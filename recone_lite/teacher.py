@@ -113,26 +113,29 @@ def ask(
              f"({len(requests) - len(missing)} from the cache)")
     stream = stream_chat_completions((requests[i] for i in missing), **client)
     done = 0
-    for i, result in zip(missing, stream, strict=True):
-        counts["requests"] += 1
-        counts["prompt_tokens"] += result.prompt_tokens
-        counts["completion_tokens"] += result.completion_tokens
-        if result.error is not None:
-            replies[i] = {"error": result.error}
-            continue
-        entry = {
-            "model": client["model"],
-            "content": result.content or "",
-            "reasoning_content": result.reasoning_content,
-            "finish_reason": result.finish_reason,
-            "prompt_tokens": result.prompt_tokens,
-            "completion_tokens": result.completion_tokens,
-        }
-        cache_put(cache, keys[i], entry)
-        replies[i] = entry
-        done += 1
-        if done % 100 == 0:
-            log.info(f"{stage}: {done}/{len(missing)} answered")
+    with log.progress(stage, len(missing), unit="replies") as step:
+        for i, result in zip(missing, stream, strict=True):
+            counts["requests"] += 1
+            counts["prompt_tokens"] += result.prompt_tokens
+            counts["completion_tokens"] += result.completion_tokens
+            step(note=f"{counts['prompt_tokens']:,} prompt + {counts['completion_tokens']:,} "
+                 "completion tokens so far")
+            if result.error is not None:
+                replies[i] = {"error": result.error}
+                continue
+            entry = {
+                "model": client["model"],
+                "content": result.content or "",
+                "reasoning_content": result.reasoning_content,
+                "finish_reason": result.finish_reason,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": result.completion_tokens,
+            }
+            cache_put(cache, keys[i], entry)
+            replies[i] = entry
+            done += 1
+            if done % 100 == 0:
+                log.info(f"{stage}: {done}/{len(missing)} answered")
     return replies  # type: ignore[return-value]
 
 

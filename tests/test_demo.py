@@ -1,7 +1,7 @@
 """`recone-lite demo`, the README's main command, end to end on the real model and data, shrunk to
 one warm-up step and one GRPO step with short answers (the full demo's numbers are measured in
-docs/training.md): prepare -> warm-up -> GRPO -> predict on test -> eval against the baselines,
-then a second call that reuses the finished run instead of training again."""
+docs/training.md): prepare -> warm-up -> GRPO -> predict on test -> eval against the baselines
+-> report, then a second call that reuses the finished run instead of training again."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ def test_demo_runs_the_whole_pipeline_and_reuses_a_finished_run(
     assert report["split"] == "test" and report["matched"] == 3 and report["model"]["n"] == 3
     assert set(report["baselines"]) >= {"global_mean", "user_mean", "item_mean"}
     assert "demo 4/4" in first.stderr and "evidence warm-up" in first.stderr
+    page = out / "report" / "report.html"  # the demo ends with its report (the dev extra draws)
+    assert summary["report"] == str(page) and page.is_file()
+    assert f"demo: report {page}" in first.stderr and (out / "test-eval.json").is_file()
 
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "finished" and run["global_step"] == 1

@@ -1,4 +1,5 @@
-"""Stream the lines of a plain or gzip file in 1 MiB chunks, hashing it on the way.
+"""Stream the lines of a plain or gzip file in 1 MiB chunks, hashing it on the way (with a bar
+of the bytes read on a terminal's stderr).
 
 Gzip is recognised by its magic bytes, not its name. A truncated gzip file (common for dumps
 found in the wild) is an error naming the file and its last complete line, unless `salvage` is
@@ -18,6 +19,7 @@ from typing import Any
 
 from recone_lite.data.records import ReadState
 from recone_lite.errors import InputError
+from recone_lite.log import progress
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
@@ -31,8 +33,10 @@ def _chunks(path: Path, state: ReadState, report: dict[str, Any]) -> Iterator[by
     gz = False
     complete = True  # False while inside a gzip member that has not ended yet
     inflate = None
-    with open(path, "rb") as handle:
+    with open(path, "rb") as handle, progress(f"reading {path.name}", path.stat().st_size,
+                                              unit="bytes") as step:
         for raw in iter(lambda: handle.read(CHUNK), b""):
+            step(len(raw))
             if size == 0:
                 gz = raw[:2] == GZIP_MAGIC
             digest.update(raw)
