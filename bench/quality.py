@@ -40,10 +40,12 @@ from recone_lite.data.prepare import Options, prepare  # noqa: E402
 from recone_lite.jsonl import read_jsonl  # noqa: E402
 from recone_lite.metrics import fmt_metric, summarize  # noqa: E402
 from recone_lite.predict import predict  # noqa: E402
+from recone_lite.prompts import stats_estimate  # noqa: E402
 from recone_lite.runs import read_run_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- quality-ml100k:begin -->", "<!-- quality-ml100k:end -->"
+ESTIMATE_LABEL = "estimate in the prompt (earlier means only)"
 KEPT = ("n", "parsed", "coverage", "mae", "rmse", "mae_with_failures", "rmse_with_failures",
         "mean_prediction", "per_rating", "histogram", "truth_histogram")
 
@@ -113,7 +115,8 @@ def table(results: dict[str, Any]) -> str:
     lines = ["| test (n = {n}) | readout | MAE | RMSE | coverage |".format(n=results["test_n"]),
              "|---|---|---|---|---|"]
     for name, metrics in results["baselines"].items():
-        lines.append(f"| {LABELS.get(name, name)} | - | {fmt_metric(metrics['mae'])} | "
+        label = ESTIMATE_LABEL if name == "prompt_estimate" else LABELS.get(name, name)
+        lines.append(f"| {label} | - | {fmt_metric(metrics['mae'])} | "
                      f"{fmt_metric(metrics['rmse'])} | 1.0000 |")
     for stage, scored in results["stages"].items():
         for readout in ("expected", "text"):
@@ -163,6 +166,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, predictions in baseline_predictions(fitted, examples).items():
         report = summarize(predictions, truths, scale, note["global_mean"])
         baselines[name] = {"mae": report["mae"], "rmse": report["rmse"]}
+    # the estimate the prompt's rating_stats line hands the model (means from before the target
+    # only; the baselines above are fitted on all of train): what the model adds beyond it
+    if all(isinstance(e.get("stats"), dict) for e in examples):
+        report = summarize([stats_estimate(e["stats"], scale) for e in examples], truths, scale,
+                           note["global_mean"])
+        baselines["prompt_estimate"] = {"mae": report["mae"], "rmse": report["rmse"]}
 
     predictions = args.out.parent / f"{args.out.name}-predictions"
     predictions.mkdir(parents=True, exist_ok=True)

@@ -362,25 +362,40 @@ def hf_backend(
         flat = [Sample(t, n) for t, n in zip(texts_out, lengths, strict=True)]
         if expected:
             prompts = [t for t in texts for _ in range(samples)]
-            flat = _with_distributions(flat, rows, output.logits, prompts)
+            mask = inputs["attention_mask"].repeat_interleave(samples, dim=0)
+            flat = _with_distributions(flat, rows, output, mask, prompts)
         return [flat[i : i + samples] for i in range(0, len(flat), samples)]
 
-    def _with_distributions(flat: list[Sample], rows: list[Any], logits: Any,
+    def _with_distributions(flat: list[Sample], rows: list[Any], output: Any, mask: Any,
                             prompts: list[str]) -> list[Sample]:
         """Each sample's rating distribution right after its last `<rate>`: from the logits
-        generate already computed where `<rate>` ends on a token boundary, else (and for forced
-        rows) from one forward pass over prompt + completion up to `<rate>`."""
+        generate already computed where `<rate>` ends on a token boundary; for forced rows (no
+        `<rate>`) from generate's cache, with `<rate>` appended after the completion's last
+        non-space token; else from one forward pass over prompt + completion up to `<rate>`."""
         found: dict[int, tuple[list[float], float]] = {}
         redo: list[int] = []
+        kept = [0] * len(flat)
+        forced: list[int] = []
         for i, (sample, row) in enumerate(zip(flat, rows, strict=True)):
+            decode = functools.partial(_decode_prefix, tokenizer, row.tolist())
             end = readouts.rate_end(sample.text)
             if end is not None:
-                decode = functools.partial(_decode_prefix, tokenizer, row.tolist())
                 j = readouts.token_boundary(decode, len(row), end)
-                if j is not None and j < len(logits) and decode(j) == sample.text[:end]:
-                    found[i] = readouts.normalise(logits[j][i], token_ids)
+                if j is not None and j < len(output.logits) and decode(j) == sample.text[:end]:
+                    found[i] = readouts.normalise(output.logits[j][i], token_ids)
+                    continue
+            else:
+                stripped = sample.text.rstrip()
+                j = readouts.token_boundary(decode, len(row), len(stripped))
+                if j is not None and decode(j) == stripped:
+                    kept[i] = j
+                    forced.append(i)
                     continue
             redo.append(i)
+        if forced:
+            for i, dist in zip(forced, readouts.cached_distributions(
+                    model, tokenizer, output, mask, kept, forced, token_ids), strict=True):
+                found[i] = dist
         if redo:
             texts = [prompts[i] + readouts.rate_prefix(flat[i].text) for i in redo]
             for i, dist in zip(redo, readouts.forward_distributions(model, tokenizer, texts,
@@ -571,22 +586,8 @@ def vllm_backend(
 
 
 def _progress(total: int | None) -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
-    columns = [TextColumn("predict")]
-    columns += [BarColumn(), MofNCompleteColumn()] if total else [TextColumn("{task.completed}")]
-    columns += [
-        TextColumn("{task.fields[rps]:.2f} req/s  {task.fields[tps]:.0f} tok/s"),
-        TimeElapsedColumn(),
-    ]
-    # few refreshes: the refresh thread takes the GIL from a Python-bound generate loop
-    return Progress(*columns, console=log.console, transient=False, refresh_per_second=2)
+    """The bar on a terminal's stderr: requests done (of `total` when known), rates, ETA."""
+    return log.progress("predict", total, unit="requests")
 
 
 def _count_lines(path: str) -> int:
@@ -866,8 +867,7 @@ def write_rows(
     started = time.perf_counter()
     results = run(feed())
     try:
-        with _progress(total) as progress:
-            task = progress.add_task("predict", total=total, rps=0.0, tps=0.0)
+        with _progress(total) as step:
             for samples in results:
                 row = result_row(pending.popleft(), samples, scale, completion, readout)
                 counts.rows += 1
@@ -883,9 +883,7 @@ def write_rows(
                 except BrokenPipeError:
                     return True
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                progress.update(
-                    task, advance=1, rps=counts.rows / elapsed, tps=counts.tokens / elapsed
-                )
+                step(note=f"{counts.rows / elapsed:.2f} req/s  {counts.tokens / elapsed:.0f} tok/s")
     finally:
         close = getattr(results, "close", None)
         if close is not None:

@@ -66,13 +66,14 @@ _SYSTEM = {
     "whether target_item suits them. Then give " + _RATE_RULE + "\nWrite nothing after </rate>.",
     "none": "\n\nDo not explain. Answer with " + _RATE_RULE,
 }
-# The compact system prompts ask for the same blocks in about a quarter of the tokens: a 135M
-# model on a 400-token budget otherwise sees 1-2 history items (the full reczero text is ~340).
+# The compact system prompts ask for the same blocks in about a fifth of the tokens: a 135M
+# model on a CPU budget otherwise spends a third of its prompt on instructions (the full reczero
+# text is ~340 tokens). They leave the evidence blocks to explain themselves by their names.
 _INPUTS_COMPACT = "Predict the rating ({lo} worst to {hi} best) this user gives target_item."
 _COMPACT = {
-    "reczero": " Answer in four tagged steps: <analyze user>[like]/[dislike] of past items, "
-    "[pos]/[neg] interests</analyze user> <analyze item>features, [like]/[dislike] for this "
-    "user</analyze item> <match>does it suit them?</match> <rate>one number</rate>",
+    "reczero": " Answer: <analyze user>[pos]/[neg] interests</analyze user> <analyze item>"
+    "[like]/[dislike] for this user</analyze item> <match>does it suit them?</match> "
+    "<rate>one number</rate>",
     "think": " Answer: <think>what they like and whether it suits them</think> "
     "<rate>one number</rate>",
     "none": " Answer only: <rate>one number</rate>",
@@ -107,13 +108,12 @@ def system_prompt(template: str, style: PromptStyle, lo: str, hi: str, shown: se
     """The system text for a template, in the style's length, naming the evidence `shown`.
 
     >>> print(system_prompt("none", PromptStyle(system="compact"), "1", "5", {"stats"}))
-    Predict the rating (1 worst to 5 best) this user gives target_item. rating_stats are \
-average ratings from before: this user's, target_item's and all users'. Answer only: \
+    Predict the rating (1 worst to 5 best) this user gives target_item. Answer only: \
 <rate>one number</rate>
     """
-    evidence = "".join(_EVIDENCE[key] for key in ("reviews", "stats") if key in shown)
     if style.system == "compact":
-        return _INPUTS_COMPACT.format(lo=lo, hi=hi) + evidence + _COMPACT[template]
+        return _INPUTS_COMPACT.format(lo=lo, hi=hi) + _COMPACT[template]
+    evidence = "".join(_EVIDENCE[key] for key in ("reviews", "stats") if key in shown)
     return (_INPUTS + evidence + _SYSTEM[template]).format(lo=lo, hi=hi)
 
 
@@ -215,15 +215,50 @@ def item_reviews_text(entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def stats_text(stats: dict[str, Any]) -> str:
-    """The `rating_stats` line: means (2 decimals) and counts from before the target's time.
+SHRINK = 5  # ratings a mean needs before it counts fully in the estimate (see stats_estimate)
+
+
+def stats_estimate(stats: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0)) -> float | None:
+    """The rating the means alone suggest: all users' mean, plus how far this user's mean and
+    target_item's mean lie from it, each shrunk toward 0 by its count (n / (n + SHRINK): a mean
+    of 2 ratings counts little), within the scale. The biases baseline (mu + b_u + b_i) computed
+    from the prompt's own numbers, so from before the target only; None without a global mean.
+
+    >>> stats_estimate({"user_mean": 4.5, "user_count": 45, "item_mean": 2.0, "item_count": 5,
+    ...                 "global_mean": 3.5})
+    3.65
+    >>> stats_estimate({"user_mean": None, "user_count": 0, "item_mean": 5.0, "item_count": 95,
+    ...                 "global_mean": 4.8})
+    4.99
+    >>> stats_estimate({"user_mean": 5.0, "user_count": 95, "item_mean": 5.0, "item_count": 95,
+    ...                 "global_mean": 4.0})
+    5.0
+    """
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+
+    mu = stats.get("global_mean")
+    if not finite(mu):
+        return None
+    estimate = float(mu)
+    for mean_key, count_key in (("user_mean", "user_count"), ("item_mean", "item_count")):
+        mean, count = stats.get(mean_key), stats.get(count_key)
+        if finite(mean) and finite(count) and count > 0:
+            estimate += (float(mean) - mu) * count / (count + SHRINK)
+    return round(min(max(estimate, scale[0]), scale[1]), 2)
+
+
+def stats_text(stats: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0)) -> str:
+    """The `rating_stats` line: means (2 decimals) and counts from before the target's time, and
+    the estimate they add up to (`stats_estimate`).
 
     >>> stats_text({"user_mean": 3.6167, "user_count": 45, "item_mean": 4.1, "item_count": 120,
     ...             "global_mean": 3.5291})
-    'this user 3.62 (45 ratings) | target_item 4.10 (120 ratings) | all users 3.53'
+    'this user 3.62 (45 ratings) | target_item 4.10 (120 ratings) | all users 3.53 | estimate 4.16'
     >>> stats_text({"user_mean": None, "user_count": 0, "item_mean": None, "item_count": 0,
     ...             "global_mean": 3.5})
-    'this user none yet | target_item none yet | all users 3.50'
+    'this user none yet | target_item none yet | all users 3.50 | estimate 3.50'
     """
     def mean(key: str, count_key: str | None) -> str:
         value = stats.get(key)
@@ -232,8 +267,10 @@ def stats_text(stats: dict[str, Any]) -> str:
         count = stats.get(count_key) if count_key else None
         return f"{value:.2f}" + (f" ({count} ratings)" if count is not None else "")
 
+    estimate = stats_estimate(stats, scale)
     return (f"this user {mean('user_mean', 'user_count')} | target_item "
-            f"{mean('item_mean', 'item_count')} | all users {mean('global_mean', None)}")
+            f"{mean('item_mean', 'item_count')} | all users {mean('global_mean', None)}"
+            + (f" | estimate {estimate:.2f}" if estimate is not None else ""))
 
 
 def build_messages(
@@ -275,7 +312,8 @@ def build_messages(
     <BLANKLINE>
     target_item_reviews: ratings 4 (oldest first)
     <BLANKLINE>
-    rating_stats: this user 5.00 (1 ratings) | target_item 4.00 (1 ratings) | all users 3.90
+    rating_stats: this user 5.00 (1 ratings) | target_item 4.00 (1 ratings) | all users 3.90 | \
+estimate 4.10
     <BLANKLINE>
     Predict the rating this user gives target_item, from 1 to 5.
     """
@@ -300,7 +338,7 @@ def build_messages(
         blocks.append(f"target_item_reviews:{sep}{reviews}")
         shown.add("reviews")
     if style.stats and isinstance(example.get("stats"), dict):
-        blocks.append(f"rating_stats: {stats_text(example['stats'])}")
+        blocks.append(f"rating_stats: {stats_text(example['stats'], scale)}")
         shown.add("stats")
     blocks.append(f"Predict the rating this user gives target_item, from {lo} to {hi}.")
     return [

@@ -12,8 +12,11 @@ block. Where it did not, the distribution can still be read after appending `<ra
 completion; such a row is `forced`: its value is reported beside it, never counted as parsed.
 
 On the hf backend the distribution is taken from the logits `generate` already computed when the
-`<rate>` boundary falls on a generated token; otherwise (forced rows, or a tokenisation that does
-not line up) from one extra forward pass over prompt + completion up to `<rate>`. The openai and
+`<rate>` boundary falls on a generated token. Forced rows continue from `generate`'s key/value
+cache: only the appended `<rate>` is run (`cached_distributions`; the tokens after a row's end of
+sequence are masked), so reading them costs a few tokens, not a second pass over the prompt.
+Otherwise (a tokenisation that does not line up) one extra forward pass runs over prompt +
+completion up to `<rate>`. The openai and
 vllm backends read it from the top-`TOP_LOGPROBS` logprobs the server returns for each generated
 token (`logprob_distribution`); a completion without `<rate>` cannot be forced there without a
 second request, so such a row stays a plain failure, without a distribution.
@@ -219,3 +222,39 @@ def forward_distributions(model: Any, tokenizer: Any, texts: list[str],
         logits = model(input_ids=inputs["input_ids"], attention_mask=mask,
                        position_ids=positions, logits_to_keep=1).logits[:, -1]
     return [normalise(row, token_ids) for row in logits]
+
+
+def cached_distributions(model: Any, tokenizer: Any, output: Any, prompt_mask: Any,
+                         kept: Sequence[int], rows: Sequence[int],
+                         token_ids: Sequence[int]) -> list[tuple[list[float], float]]:
+    """The rating distribution after `<rate>` appended to each of `rows`' completions (forced
+    rows), continuing from the key/value cache `generate` returned instead of a second pass over
+    prompt + completion.
+
+    `output` is `generate`'s dict output (sequences and past_key_values); `prompt_mask` the
+    attention mask of its (left-padded) inputs, one row per returned sequence; `kept[i]` how many
+    generated tokens of row i are its completion (its end-of-sequence token and the padding
+    after it are masked out). Every row of the batch is run (the cache is batched); only `rows`
+    are read. `generate` never feeds its last token, so that token goes first, masked where it
+    is not part of the completion. The positions continue the completion's, as in a forward pass
+    over the completion's tokens followed by those of "\\n<rate>".
+    """
+    import torch
+
+    sequences = output.sequences
+    generated = sequences.shape[1] - prompt_mask.shape[1]
+    suffix = tokenizer("\n" + RATE_OPEN, add_special_tokens=False,
+                       return_tensors="pt")["input_ids"].to(sequences.device)
+    batch = sequences.shape[0]
+    steps = torch.arange(generated, device=sequences.device)
+    gen_mask = (steps[None, :] < torch.tensor(list(kept), device=sequences.device)[:, None])
+    mask = torch.cat([prompt_mask, gen_mask.to(prompt_mask.dtype),
+                      torch.ones(batch, suffix.shape[1], dtype=prompt_mask.dtype,
+                                 device=prompt_mask.device)], dim=1)
+    input_ids = torch.cat([sequences[:, -1:], suffix.expand(batch, -1)], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                       past_key_values=output.past_key_values, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+    return [normalise(logits[i], token_ids) for i in rows]

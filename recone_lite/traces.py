@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite.jsonl import read_jsonl
-from recone_lite.prompts import build_messages, fmt_number, percentiles
+from recone_lite.prompts import build_messages, fmt_number, percentiles, stats_estimate
 from recone_lite.rewards import format_ok, parse_rating, round_half_up
 
 TEMPLATE = "reczero"  # RecOne's traces always use the four-step prompt
@@ -353,7 +353,7 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     >>> print(text)
     <analyze user>[pos] Crime [neg] Horror</analyze user>
     <analyze item>others 4 3; [like] Crime</analyze item>
-    <match>user 3.62, item 3.50</match>
+    <match>estimate 3.60</match>
     <rate>2</rate>
     >>> format_ok(text), parse_rating(text)
     (True, 2.0)
@@ -383,7 +383,9 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     item = f"others {earlier or 'none'}"
     item += f"; [like] {', '.join(likes)}" if likes else ""
     item += f"; [dislike] {', '.join(dislikes)}" if dislikes else ""
-    match = f"user {mean('user_mean', 'user_count')}, item {mean('item_mean', 'item_count')}"
+    estimate = stats_estimate(stats, scale) if stats else None
+    match = f"estimate {estimate:.2f}" if estimate is not None else \
+        f"user {mean('user_mean', 'user_count')}, item {mean('item_mean', 'item_count')}"
     return (f"<analyze user>{user}</analyze user>\n<analyze item>{item}</analyze item>\n"
             f"<match>{match}</match>\n<rate>{fmt_number(example['rating'])}</rate>")
 

@@ -15,7 +15,13 @@ import pytest
 from chat_server import chat_server, logprob_tokens
 
 from recone_lite.predict import predict
-from recone_lite.readout import TOP_LOGPROBS, forward_distributions, normalise, rating_token_ids
+from recone_lite.readout import (
+    TOP_LOGPROBS,
+    cached_distributions,
+    forward_distributions,
+    normalise,
+    rating_token_ids,
+)
 
 CLI = [sys.executable, "-m", "recone_lite"]
 
@@ -93,6 +99,50 @@ def test_forward_pass_matches_the_logits_generate_computed(smollm2_dir: Path):
         assert probs == pytest.approx(reference, abs=1e-4)
         assert mass == pytest.approx(reference_mass, abs=1e-4)
         assert sum(probs) == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_forced_rows_from_the_cache_match_a_full_forward_pass(smollm2_dir: Path):
+    """A forced row read from generate's cache (`<rate>` appended after the completion, the end
+    of sequence and the padding after it masked) gives the distribution of a forward pass over
+    prompt + completion + "\\n<rate>", for rows that ran to the limit and rows that ended early."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    ids = rating_token_ids(tokenizer, (1.0, 5.0))
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+               for text in ("Say yes.", "Reply with one word: is Fargo a good film?",
+                            "Tell me a long story about a film critic who rates films.")]
+    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    eos = tokenizer.eos_token_id
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=24, do_sample=False,
+                                return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=eos)
+    generated = output.sequences[:, inputs["input_ids"].shape[1]:]
+    kept = [int((row == eos).int().argmax()) if (row == eos).any() else len(row)
+            for row in generated]
+    assert min(kept) < generated.shape[1] == max(kept)  # one row ended early, one ran to the end
+    read = cached_distributions(model, tokenizer, output, inputs["attention_mask"], kept,
+                                [0, 1, 2], ids)
+    compared = 0
+    for i, (probs, mass) in enumerate(read):
+        completion = tokenizer.decode(generated[i][: kept[i]], skip_special_tokens=True)
+        text = prompts[i] + completion + "\n<rate>"
+        ours = tokenizer(prompts[i], add_special_tokens=False)["input_ids"] + \
+            generated[i][: kept[i]].tolist() + tokenizer("\n<rate>", add_special_tokens=False)[
+                "input_ids"]
+        if tokenizer(text, add_special_tokens=False)["input_ids"] != ours:
+            continue  # the text does not tokenize back to the same ids: not the same input
+        compared += 1
+        (reference, reference_mass), = forward_distributions(model, tokenizer, [text], ids)
+        assert probs == pytest.approx(reference, abs=1e-3)
+        assert mass == pytest.approx(reference_mass, abs=1e-3)
+    assert compared >= 2
 
 
 # --- the openai backend: logprobs from a scripted server (fast: no model) ----------------------
