@@ -762,13 +762,13 @@ def predict(
                 readout=readout, **generation
             )
         else:
-            import transformers
-
             from recone_lite.models import load_model
 
+            hf_model, tokenizer = load_model(spec)  # first: on CUDA it imports Unsloth first
             if seed is not None:
+                import transformers
+
                 transformers.set_seed(seed)
-            hf_model, tokenizer = load_model(spec)
             run_backend = hf_backend(
                 hf_model, tokenizer, max_prompt_tokens=budget, batch_size=batch, style=style,
                 readout=readout, **generation

@@ -526,12 +526,7 @@ def print_terminal(run: dict[str, Any], evals: list[tuple[str, dict[str, Any]]])
         facts.add_row(key, value)
     console.print(facts)
     if dev_rows(run):
-        dev = Table(title="dev metrics")
-        for column in DEV_HEADER:
-            dev.add_column(column, justify="left" if column == "dev" else "right")
-        for row in dev_rows(run):
-            dev.add_row(*row)
-        console.print(dev)
+        console.print(_rows_table("dev metrics", DEV_HEADER, dev_rows(run)))
     steps = run["steps"]
     training = Table(title=f"training, {len(steps)} logged steps (alarms: "
                      f"{', '.join(str(a.get('step')) for a in run['alarms']) or 'none'})")
@@ -568,12 +563,19 @@ def print_terminal(run: dict[str, Any], evals: list[tuple[str, dict[str, Any]]])
         console.print(f"truth per rating: {'  '.join(f'{k}: {v}' for k, v in truth.items())}",
                       highlight=False)
     if len(evals) > 1:
-        side = Table(title="evaluations side by side")
-        for column in EVAL_HEADER:
-            side.add_column(column, justify="left" if column == "evaluation" else "right")
-        for row in eval_rows(evals):
-            side.add_row(*row)
-        console.print(side)
+        console.print(_rows_table("evaluations side by side", EVAL_HEADER, eval_rows(evals)))
+
+
+def _rows_table(title: str, header: list[str] | tuple[str, ...], rows: list[list[str]]) -> Any:
+    """A rich table of text rows: the first column left-aligned, the numbers right-aligned."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(header):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def report(run_dir: Path, eval_paths: list[Path], out: Path | None = None) -> dict[str, Any]:

@@ -48,7 +48,7 @@ SHARED = ["data.eval_limit=2", "data.max_prompt_tokens=512",
           "evaluation.max_new_tokens=8", "evaluation.batch_size=2"]
 GRPO = [*SHARED, "data.train_limit=4", "evaluation.at_start=false", "grpo.max_steps=1",
         "grpo.per_device_train_batch_size=2", "grpo.gradient_accumulation_steps=1",
-        "grpo.num_generations=2", "grpo.generation_batch_size=2",
+        "grpo.num_generations=2", "grpo.steps_per_generation=1",
         "grpo.max_completion_length=8", "grpo.warmup_steps=0", "grpo.report_to=none"]
 SFT = [*SHARED, "sft.max_steps=1", "sft.per_device_train_batch_size=2",
        "sft.gradient_accumulation_steps=1", "sft.warmup_steps=0", "sft.report_to=none"]

@@ -294,7 +294,10 @@ def test_evidence_answer_reasons_only_from_the_prompt_and_ends_in_the_truth() ->
     assert low.endswith("<rate>2</rate>") and high.endswith("<rate>5</rate>")
     assert format_ok(low, "reczero") and parse_rating(high) == 5.0
     prompt = build_messages(example, "reczero")[1]["content"]
-    assert "this user 3.00" in prompt and "user 3.00, item 4.00" in low
+    # the estimate the prompt's stats line ends with is what the answer copies before <rate>
+    assert "| estimate 3.50" in prompt and "<match>estimate 3.50</match>" in low
     cold = evidence_answer({**example, "item_history": [],
                             "stats": {**example["stats"], "item_mean": None, "item_count": 0}})
-    assert "others none" in cold and "item none" in cold
+    assert "others none" in cold and "<match>estimate 3.43</match>" in cold  # 3.6 - 0.6 * 2/7
+    bare = evidence_answer({**example, "stats": None})
+    assert "<match>user none, item none</match>" in bare
