@@ -385,8 +385,8 @@ def hf_backend(
                     found[i] = readouts.normalise(output.logits[j][i], token_ids)
                     continue
             else:
-                stripped = sample.text.rstrip()
-                j = readouts.token_boundary(decode, len(row), len(stripped))
+                stripped = sample.text.rstrip()  # empty: forced_prefix adds no newline, redo
+                j = readouts.token_boundary(decode, len(row), len(stripped)) if stripped else None
                 if j is not None and decode(j) == stripped:
                     kept[i] = j
                     forced.append(i)

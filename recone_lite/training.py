@@ -24,9 +24,11 @@ from recone_lite.config import DataSection, Recipe, check_integrations
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.gpu import (
     check_vllm_quantization,
+    check_zero_quantization,
     cuda_capability,
     grpo_layout,
     world_size_from_env,
+    zero_stage_from_env,
 )
 from recone_lite.prepared import iter_split, read_scale
 from recone_lite.runs import RunRecord, write_log_history
@@ -184,7 +186,6 @@ def check_gpu_path(recipe: Recipe) -> None:
     """The rules a run meets on GPUs, checked before any model loads (a dry run too): no 4-bit
     base under ZeRO-3 (announced by `accelerate launch`), no vLLM rollouts from a 4-bit base
     without Unsloth."""
-    from recone_lite.gpu import check_zero_quantization, zero_stage_from_env
     from recone_lite.versions import package_version
 
     check_zero_quantization(zero_stage_from_env(), recipe.model.quantization)
