@@ -1,7 +1,7 @@
 """Throughput of `recone-lite predict`'s generation path against a bare `model.generate` loop.
 
 Same model, same prompts (rendered once, up front, for the bare loop), same greedy decoding and
-max-new-tokens, same batches. The predict path is the real one (`predict.hf_backend` feeding
+max-new-tokens, same batches. The predict path is the real one (`generate.hf_backend` feeding
 `predict.write_rows`: rendering, tokenizing, generating, cutting at eos, decoding, parsing, JSON
 lines to a sink, progress bar); only model loading is left out of the timing. Prints tokens/s side
 by side with their ratio (goal >= 0.95), for batch size 8 and 1.
@@ -24,8 +24,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recone_lite.generate import batched, completion_lengths, hf_backend  # noqa: E402
 from recone_lite.models import ModelSpec, load_model, smollm2_spec  # noqa: E402
-from recone_lite.predict import Counts, batched, completion_lengths, hf_backend, write_rows  # noqa: E402
+from recone_lite.predict import Counts, write_rows  # noqa: E402
 from recone_lite.prompts import render_prompt  # noqa: E402
 
 

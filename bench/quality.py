@@ -33,7 +33,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recone_lite import grpo  # noqa: E402
+from recone_lite import grpo, warmup  # noqa: E402
 from recone_lite.baselines import LABELS, baseline_predictions, fit_on_train  # noqa: E402
 from recone_lite.config import load_recipe  # noqa: E402
 from recone_lite.data.prepare import Options, prepare  # noqa: E402
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                    recipe_name=args.recipe)
         timings["train_s"] = time.perf_counter() - started
         run = read_run_json(args.out)
-    for stage, adapter in (("warmup", args.out / grpo.WARMUP_ADAPTER), ("grpo", args.out)):
+    for stage, adapter in (("warmup", args.out / warmup.WARMUP_ADAPTER), ("grpo", args.out)):
         timings[f"predict_{stage}_s"] = predict_stage(recipe, requests, adapter,
                                                       predictions / f"{stage}{suffix}.jsonl")
     stages = {}

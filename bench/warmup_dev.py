@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recone_lite import grpo  # noqa: E402
+from recone_lite import warmup  # noqa: E402
 from recone_lite.config import load_recipe  # noqa: E402
 from recone_lite.metrics import fmt_metric, summarize  # noqa: E402
 from recone_lite.predict import predict  # noqa: E402
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     model, tokenizer = load_trainable(recipe)
-    warm = grpo.warm_up(model, tokenizer, recipe, data, args.out)
+    warm = warmup.warm_up(model, tokenizer, recipe, data, args.out)
     warm_s = time.perf_counter() - started
     del model
     requests, rows_path = args.out / "dev-requests.jsonl", args.out / "dev-predictions.jsonl"

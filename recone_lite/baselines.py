@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite.errors import InputError, ReconeError
+from recone_lite.log import console
 from recone_lite.metrics import fmt_metric, summarize
 from recone_lite.prepared import is_number, iter_split, read_scale, read_split
 
@@ -180,8 +181,6 @@ def baselines_report(
 def print_baselines(report: dict[str, Any]) -> None:
     """The baseline table, one row per baseline, MAE and RMSE per split, on stderr."""
     from rich.table import Table
-
-    from recone_lite.log import console
 
     fit = report["fit"]
     table = Table(

@@ -2,17 +2,36 @@
 
 Heavy imports (torch, transformers, trl) happen inside the commands, so `--help` stays fast.
 Data goes to stdout, logs and progress to stderr. Exit codes: 0 ok, 1 runtime failure, 2 bad input.
+
+Longer than 600 lines and one unit on purpose: every command's options, help text and examples,
+in the order `--help` lists them; each body only passes its options on to the module that does
+the work (docs/architecture.md maps them).
 """
 
 from __future__ import annotations
 
+import enum
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperGroup
 
+# The command modules below are cheap to import (standard library and rich only). Those that load
+# pydantic, yaml or numpy (config, recipes, models, data preparation, training, export, plan) are
+# imported inside their commands, so that `recone-lite --help` starts fast.
+from recone_lite.baselines import baselines_report, print_baselines
+from recone_lite.data.sources import SOURCES
 from recone_lite.errors import ReconeError
+from recone_lite.evaluate import evaluate, print_report
+from recone_lite.jsonl import dumps
+from recone_lite.log import info, warn
+from recone_lite.prepared import find_example, parse_scale, read_scale
+from recone_lite.prompts import build_messages, load_tokenizer, render_prompt
+from recone_lite.teacher import make_traces
+from recone_lite.traces import TEACHERS, inspect_file, render_report
+from recone_lite.versions import stack_versions
 
 app = typer.Typer(
     name="recone-lite",
@@ -35,15 +54,11 @@ def version() -> None:
 
     Example: [bold]recone-lite version[/bold]
     """
-    from recone_lite.versions import stack_versions
-
     for name, value in stack_versions().items():
         typer.echo(f"{name}: {value}")
 
 
 # --- data commands (data prepare / data stats / data show) -------------------------------------
-
-from recone_lite.data.sources import SOURCES  # noqa: E402  (stdlib only: cheap to import)
 
 _SOURCE_HELP = f"raw format, one of: {', '.join(SOURCES)} (see docs/data.md)"
 
@@ -103,14 +118,15 @@ def data_prepare(
       [bold]recone-lite data prepare --source movielens --reviews ml-latest-small[/bold] \\
       [bold]    --out data/mll --time-cutoff 2017-01-01,2018-01-01[/bold]
     """
-    from recone_lite.data.prepare import Options, parse_scale, parse_time_cutoff, prepare
-    from recone_lite.jsonl import dumps
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
+    from recone_lite.data.prepare import Options, parse_time_cutoff, prepare
 
     options = Options(
         k_core=k_core, history=history, review_chars=review_chars, item_history=item_history,
         item_review_chars=item_review_chars, coldstart=coldstart, seed=seed,
         time_cutoff=parse_time_cutoff(time_cutoff) if time_cutoff else None,
-        min_history=min_history, rating_scale=parse_scale(rating_scale) if rating_scale else None,
+        min_history=min_history, rating_scale=parse_scale(rating_scale, "--rating-scale")
+        if rating_scale else None,
         salvage=salvage, skip_bad=skip_bad, allow_pickle=allow_pickle)
     manifest = prepare(source, reviews, meta, out, options, overwrite=overwrite)
     typer.echo(dumps({"out": str(out), **manifest["counts"]}))
@@ -140,8 +156,8 @@ def data_stats(
       [bold]recone-lite data stats data/music 2>/dev/null | jq .splits.test[/bold]
       [bold]recone-lite data stats data/music --tokenizer Qwen/Qwen2.5-7B-Instruct[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.data.stats import prompt_tokens, render, stats
-    from recone_lite.jsonl import dumps
 
     summary = stats(folder)
     if tokenizer is not None:
@@ -165,6 +181,7 @@ def recipes_list() -> None:
 
     Example: [bold]recone-lite recipes list[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.config import packaged_recipes, read_raw_recipe
 
     for name, path in packaged_recipes().items():
@@ -182,6 +199,7 @@ def recipes_show(
       [bold]recone-lite recipes show music-grpo[/bold]
       [bold]recone-lite recipes show music-grpo grpo.learning_rate=1e-5 lora.r=32[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.config import dump_recipe, load_recipe
 
     typer.echo(dump_recipe(load_recipe(name, overrides)), nl=False)
@@ -199,6 +217,7 @@ def recipes_validate(
       [bold]recone-lite recipes validate my-recipe.yaml[/bold]
       [bold]recone-lite recipes validate recipes/*.yaml[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.config import check_report_to, load_recipe, resolve_recipe_path
 
     for path in paths:
@@ -223,9 +242,6 @@ def baselines(
 
     Example: [bold]recone-lite baselines --data data/ml-100k[/bold]
     """
-    from recone_lite.baselines import baselines_report, print_baselines
-    from recone_lite.jsonl import dumps
-
     report = baselines_report(data, [s for s in splits.split(",") if s], seed)
     print_baselines(report)
     typer.echo(dumps(report))
@@ -259,9 +275,6 @@ def eval_(
       [bold]head -n 200 data/music/test.jsonl | recone-lite predict --model M > p.jsonl[/bold]
       [bold]recone-lite eval --data data/music --predictions p.jsonl --subset[/bold]
     """
-    from recone_lite.evaluate import evaluate, print_report
-    from recone_lite.jsonl import dumps
-
     report = evaluate(data, predictions, split, strict, subset)
     print_report(report)
     typer.echo(dumps(report))
@@ -286,10 +299,6 @@ def data_show(
       [bold]recone-lite data show data/ml --id ID --tokenizer Qwen/Qwen2.5-7B-Instruct[/bold]
       [bold]recone-lite data show data/ml --id ID --tokenizer DIR --gguf-file m.gguf[/bold]
     """
-    from recone_lite.log import info, warn
-    from recone_lite.prepared import find_example, read_scale
-    from recone_lite.prompts import build_messages, load_tokenizer, render_prompt
-
     split, example = find_example(data, example_id)
     build_messages(example, template)  # a bad template or example fails before the slow load
     loaded = load_tokenizer(tokenizer, gguf_file)
@@ -416,6 +425,7 @@ def predict(
       [bold]recone-lite predict t.jsonl --backend openai --base-url URL --model LORA_NAME[/bold]
       [bold]recone-lite predict t.jsonl --model M --adapter A --readout expected[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.predict import predict as run_predict
 
     run_predict(
@@ -451,12 +461,6 @@ def predict(
 # --- training commands (train / sft / traces) --------------------------------------------------
 
 # traces: `traces make` and `traces inspect`; `traces --data ...` (issue 7's spelling) is `make`.
-import enum  # noqa: E402
-
-from typer.core import TyperGroup  # noqa: E402
-
-from recone_lite.traces import TEACHERS  # noqa: E402  (stdlib only: cheap to import)
-
 Teacher = enum.Enum("Teacher", {name: name for name in TEACHERS}, type=str)
 
 
@@ -534,9 +538,6 @@ def traces_make(
       [bold]recone-lite traces make --data data/ml-100k --teacher template \\
           --out warmup.jsonl[/bold]
     """
-    from recone_lite.jsonl import dumps
-    from recone_lite.teacher import make_traces
-
     summary = make_traces(
         data, out, split=split, teacher=teacher.value, base_url=base_url, model=model,
         api_key_env=api_key_env, limit=limit, concurrency=concurrency, tolerance=tolerance,
@@ -562,10 +563,6 @@ def traces_inspect(
       [bold]recone-lite traces inspect traces.jsonl[/bold]
       [bold]recone-lite traces inspect traces.jsonl --data data/music --samples 3[/bold]
     """
-    from recone_lite.jsonl import dumps
-    from recone_lite.prepared import read_scale
-    from recone_lite.traces import inspect_file, render_report
-
     scale = read_scale(data) if data is not None else (1.0, 5.0)
     report = inspect_file(file, scale, samples=samples, tokenizer=tokenizer)
     render_report(report)
@@ -617,11 +614,12 @@ def train(
       [bold]recone-lite train --recipe music-grpo --init-adapter runs/music-sft[/bold]
       [bold]recone-lite train --recipe music-grpo --resume[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.training import resolve_recipe
 
     spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite import grpo
-    from recone_lite.jsonl import dumps
 
     result = grpo.train(spec, resume=resume, overwrite=overwrite, dry_run=dry_run,
                         recipe_name=recipe)
@@ -659,18 +657,19 @@ def sft(
       [bold]recone-lite sft --traces traces.jsonl[/bold]
       [bold]recone-lite sft --traces traces.jsonl --recipe music-sft --strict --dry-run[/bold]
     """
-    from recone_lite.log import info
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.training import resolve_recipe
 
     if recipe is None:
+        # why: lazy, so --help starts fast (pydantic, yaml, numpy)
         from recone_lite.sft import pick_recipe
 
         recipe, picked, why = pick_recipe(traces)
         overrides = [*picked, *(overrides or [])]  # the command line's overrides still win
         info(f"sft: no --recipe given; using {recipe} ({why})")
     spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite import sft as sft_module
-    from recone_lite.jsonl import dumps
 
     result = sft_module.train(spec, traces, strict=strict, resume=resume, overwrite=overwrite,
                               dry_run=dry_run, recipe_name=recipe)
@@ -706,8 +705,8 @@ def demo(
       [bold]recone-lite demo --test-limit 943 --overwrite[/bold]
       [bold]recone-lite demo grpo.max_steps=4 data.eval_limit=8 --out runs/quick[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.demo import run_demo
-    from recone_lite.jsonl import dumps
 
     typer.echo(dumps(run_demo(out, data, test_limit, overwrite, overrides or [])))
 
@@ -736,7 +735,7 @@ def report(
       [bold]recone-lite report runs/music-grpo --eval before.json --eval after.json[/bold]
       [bold]recone-lite report runs/music-sft --out /tmp/sft-report[/bold]
     """
-    from recone_lite.jsonl import dumps
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.report import report as make_report
 
     typer.echo(dumps(make_report(run_dir, eval_files or [], out)))
@@ -792,8 +791,8 @@ def export(
           --llama-cpp ~/llama.cpp[/bold]
       [bold]recone-lite export --merged out/music-merged --verify-only[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.export import export as run_export
-    from recone_lite.jsonl import dumps
 
     typer.echo(dumps(run_export(
         adapter, merged=merged, adapter_only=adapter_only, gguf=gguf, base=base, dtype=dtype,
@@ -835,8 +834,8 @@ def plan(
       [bold]recone-lite plan --recipe music-grpo --gpu-mem 16 grpo.num_generations=4[/bold]
       [bold]recone-lite plan --recipe cpu-demo --device cpu[/bold]
     """
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.config import load_recipe
-    from recone_lite.jsonl import dumps
     from recone_lite.plan import plan_for_cli, print_plan
 
     result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus)
@@ -870,7 +869,7 @@ def launch(
       [bold]recone-lite launch --recipe h20x8-multi-adapter[/bold]
       [bold]recone-lite launch --recipe h20x8-multi-adapter --only book --resume[/bold]
     """
-    from recone_lite.jsonl import dumps
+    # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.launch import launch_recipe, raise_if_failed
 
     flags = ["--resume"] * resume + ["--overwrite"] * overwrite

@@ -30,7 +30,6 @@ from pydantic import (
 )
 
 from recone_lite.errors import InputError
-from recone_lite.launch import LaunchSection
 from recone_lite.models import ModelSpec
 
 
@@ -89,6 +88,41 @@ class EvalSection(Strict):
     at_start: bool = Field(True, description="evaluate on dev before training too (GRPO)")
 
 
+class Job(BaseModel):
+    """One adapter's training run: which recipe, how many GPUs, which overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="names the run dir")
+    recipe: str | None = Field(None, description="recipe name or file [default: this recipe]")
+    gpus: int = Field(1, gt=0, description="GPUs (accelerate processes) of this job")
+    overrides: list[str] = Field(default_factory=list, description="key.sub=value for `train`")
+    accelerate_config: str | None = Field(None, description="[default: the launch section's]")
+
+
+class LaunchSection(BaseModel):
+    """The `launch:` section of a recipe: the node and the jobs that share it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gpus: int = Field(8, gt=0, description="GPUs on the node; jobs take them in order")
+    accelerate_config: str = Field(
+        "ddp", description="recipes/accelerate/NAME.yaml (ddp, zero2, zero3) or a path"
+    )
+    output_dir: str = Field("runs/launch", description="each job trains into OUTPUT_DIR/NAME")
+    jobs: list[Job] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _jobs_fit(self) -> LaunchSection:
+        names = [job.name for job in self.jobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"job names repeat: {', '.join(names)}")
+        wanted = sum(job.gpus for job in self.jobs)
+        if wanted > self.gpus:
+            raise ValueError(f"the jobs ask for {wanted} GPUs; the node has {self.gpus}")
+        return self
+
+
 class Recipe(Strict):
     """One training run: model + data + adapter + rewards + TRL's own trainer settings."""
 
@@ -138,6 +172,15 @@ def _trainer_types(section: str) -> dict[str, Any]:
     config = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
     hints = typing.get_type_hints(config)
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(config)}
+
+
+def trainer_defaults(section: str) -> dict[str, Any]:
+    """The defaults of TRL's GRPOConfig / SFTConfig fields (imports trl)."""
+    import trl
+
+    config = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
+    return {f.name: f.default for f in dataclasses.fields(config)
+            if f.default is not dataclasses.MISSING}
 
 
 @functools.cache

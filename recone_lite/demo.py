@@ -20,8 +20,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from recone_lite import log
+from recone_lite import grpo, log
+from recone_lite.data.prepare import Options, prepare
+from recone_lite.evaluate import evaluate, print_report
+from recone_lite.predict import predict
+from recone_lite.prepared import read_scale
+from recone_lite.report import HINT, write_report
 from recone_lite.runs import LOG_JSONL, read_run_json
+from recone_lite.training import resolve_recipe
 
 
 def reward_curve(run_dir: Path) -> dict[str, Any]:
@@ -39,17 +45,8 @@ def reward_curve(run_dir: Path) -> dict[str, Any]:
 
 def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
              overrides: list[str] = ()) -> dict[str, Any]:
-    from recone_lite import grpo
-    from recone_lite.evaluate import evaluate, print_report
-    from recone_lite.predict import predict
-    from recone_lite.prepared import read_scale
-    from recone_lite.report import HINT, write_report
-    from recone_lite.training import resolve_recipe
-
     started = time.monotonic()
     if not (data / "manifest.json").is_file():
-        from recone_lite.data.prepare import Options, prepare
-
         log.info(f"demo 1/4: preparing MovieLens-100k (recbole package) into {data}")
         prepare("recbole-ml-100k", None, None, data, Options(), overwrite=False)
     else:

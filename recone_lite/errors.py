@@ -37,3 +37,14 @@ class InputError(ReconeError):
         if field is not None:
             where += f"{field}: "
         super().__init__(where + message)
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty), for
+    one-line errors.
+
+    >>> first_line(OSError("no such file\\nmore detail")), first_line(ValueError())
+    ('no such file', 'ValueError')
+    """
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -30,7 +30,7 @@ from recone_lite.baselines import (
 )
 from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
-from recone_lite.log import info, warn
+from recone_lite.log import console, info, warn
 from recone_lite.metrics import confusion, fmt_metric, summarize
 from recone_lite.prepared import read_scale, read_split
 
@@ -146,8 +146,6 @@ def evaluate(
 def print_report(report: dict[str, Any]) -> None:
     """Rich tables on stderr: the model beside the baselines, then the per-rating breakdown."""
     from rich.table import Table
-
-    from recone_lite.log import console
 
     model = report["model"]
     if report.get("subset"):

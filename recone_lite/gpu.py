@@ -10,7 +10,10 @@
   Unsloth's engine (`fast_inference`), never TRL merging a LoRA into bitsandbytes layers.
 - DeepSpeed ZeRO-3: no `device_map` (transformers refuses it) and no 4-bit base.
 
-Importing this module is cheap: torch is imported only by `cuda_capability`.
+- What this process runs on: `cuda_available`, `cuda_capability`, `is_unsloth`, `zero_stage`
+  (the one home of these facts; the rules above take them as arguments).
+
+Importing this module is cheap: torch is imported only inside the functions that ask the device.
 """
 
 from __future__ import annotations
@@ -27,17 +30,33 @@ from recone_lite.errors import InputError
 
 Precision = Literal["bf16", "fp16", "fp32"]
 NATIVE_BF16 = (8, 0)  # Ampere: the first compute capability with bf16 tensor cores
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
 
 # --- precision ----------------------------------------------------------------------------------
 
 
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (False when torch is not importable)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
 def cuda_capability() -> tuple[int, int] | None:
     """The first CUDA device's compute capability, or None without CUDA."""
+    if not cuda_available():
+        return None
     import torch
 
-    if not torch.cuda.is_available():
-        return None
     return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
+
+
+def is_unsloth(model: Any) -> bool:
+    """Whether Unsloth loaded this model (it records its version in the config)."""
+    config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)
+    return bool(getattr(config, "unsloth_version", None)) or "unsloth" in type(model).__module__
 
 
 def precision_for(capability: tuple[int, int] | None) -> Precision:
@@ -304,6 +323,20 @@ def zero_stage_from_env(env: Mapping[str, str] | None = None) -> int | None:
         return int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", ""))
     except ValueError:
         return None
+
+
+def zero_stage() -> int | None:
+    """The DeepSpeed ZeRO stage of this process: announced by `accelerate launch`, or 3 when
+    transformers' own DeepSpeed config (built by TrainingArguments) says so."""
+    stage = zero_stage_from_env()
+    if stage is None:
+        try:
+            from transformers.integrations import is_deepspeed_zero3_enabled
+
+            stage = 3 if is_deepspeed_zero3_enabled() else None
+        except ImportError:  # an older transformers layout
+            stage = None
+    return stage
 
 
 def zero_stage_of_config(path: str | Path) -> int | None:

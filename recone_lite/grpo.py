@@ -12,36 +12,30 @@ monitor prints TRL's metrics, raises alarms and evaluates on dev with real gener
 
 from __future__ import annotations
 
-import re
-import shutil
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from recone_lite import log
 from recone_lite.config import Recipe, dump_recipe
+from recone_lite.dev_eval import evaluate
+from recone_lite.dry_run import print_run_plan, recipe_tokenizer, run_dir_state
 from recone_lite.errors import InputError
-from recone_lite.gpu import vllm_settings
+from recone_lite.gpu import cuda_available, vllm_settings
+from recone_lite.monitor import make_monitor, run_trainer
+from recone_lite.rewards import completion_text, format_ok, parse_rating, reward_functions
 from recone_lite.runs import RunRecord, open_run_dir
 from recone_lite.training import (
     Data,
     check_gpu_path,
     check_trainable,
-    cuda_available,
-    evaluate,
-    kept_history,
     load_data,
-    load_tokenizer,
     load_trainable,
-    make_monitor,
-    print_plan,
     prompts_per_step,
     render_rows,
-    run_dir_state,
-    run_trainer,
     trainer_config,
 )
+from recone_lite.warmup import warm_up
 
 
 def with_rate_metrics(
@@ -57,8 +51,6 @@ def with_rate_metrics(
     ...        log_metric=logged.__setitem__), logged, fns[0].__name__
     ([1.0, 0.0], {'format_rate': 0.5, 'parse_rate': 0.5}, 'answer')
     """
-    from recone_lite.rewards import completion_text, format_ok, parse_rating
-
     first, *rest = functions
 
     def rated(prompts: Any, completions: Any, log_metric: Any = None, **columns: Any):
@@ -84,66 +76,6 @@ def prompt_rows(
     ]
 
 
-def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float],
-                  teacher: str = "template") -> str:
-    """The template teacher's answer in the recipe's template: the four blocks for reczero
-    (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
-    for none. Always ends in the true rating.
-
-    >>> example = {"rating": 4.0, "history": [], "target": {"title": "Heat"}}
-    >>> warmup_answer(example, "none", (1.0, 5.0))
-    '<rate>4</rate>'
-    >>> from recone_lite.rewards import format_ok
-    >>> format_ok(warmup_answer(example, "think", (1.0, 5.0)), "think")
-    True
-    """
-    from recone_lite.prompts import fmt_number
-    from recone_lite.traces import evidence_answer, template_answer
-
-    answer = (evidence_answer if teacher == "evidence" else template_answer)(example, scale)
-    rate = f"<rate>{fmt_number(example['rating'])}</rate>"
-    if template == "none":
-        return rate
-    if template == "think":
-        notes = re.sub(r"</?(?:analyze user|analyze item|match)>", "", answer.rsplit("<rate>")[0])
-        return f"<think>\n{notes.strip()}\n</think>\n{rate}"
-    return answer
-
-
-WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
-
-
-def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
-    """A few SFT steps on template traces (minimal tagged answers ending in the true rating) so a
-    tiny model emits the tags and GRPO gets a signal. A format warm-up, not RecOne."""
-    from recone_lite.sft import fit, sft_config, sft_row
-
-    warmup, template = recipe.warmup, recipe.data.template
-    split = "coldstart" if data.splits.get("coldstart") else recipe.data.train_split
-    examples = data.splits[split][: warmup.steps * warmup.batch_size]
-    rows = [
-        sft_row(rendered.messages,
-                warmup_answer(kept_history(example, rendered), template, data.scale,
-                              warmup.teacher))
-        for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
-    ]
-    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {warmup.teacher} traces from "
-             f"{split} (offline, not RecOne)")
-    args = sft_config({"max_steps": warmup.steps, "learning_rate": warmup.learning_rate,
-                       "per_device_train_batch_size": warmup.batch_size, "save_strategy": "no",
-                       "report_to": "none", "logging_steps": max(warmup.steps // 5, 1)},
-                      recipe, out / "warmup")
-    trainer = fit(model, tokenizer, rows, args, [make_monitor(None)])
-    trainer.train()
-    shutil.rmtree(out / "warmup", ignore_errors=True)
-    trainer.save_model(str(out / WARMUP_ADAPTER))  # the warmed-up adapter, to evaluate on its own
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    return {"steps": warmup.steps, "examples": len(rows), "split": split,
-            "adapter": str(out / WARMUP_ADAPTER),
-            "loss_first": losses[0] if losses else None,
-            "loss_last": losses[-1] if losses else None}
-
-
 def train(
     recipe: Recipe, *, resume: bool = False, overwrite: bool = False, dry_run: bool = False,
     recipe_name: str = "",
@@ -152,8 +84,6 @@ def train(
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import GRPOTrainer
-
-    from recone_lite.rewards import reward_functions
 
     if recipe.kind != "grpo":
         raise InputError(f"this is a {recipe.kind} recipe; run it with `recone-lite {recipe.kind}`",
@@ -176,13 +106,13 @@ def train(
         reward_functions(recipe.rewards, section.template, data.scale), section.template, data.scale
     )
     if dry_run:
-        tokenizer = load_tokenizer(recipe)
+        tokenizer = recipe_tokenizer(recipe)
         prompt = render_rows(examples[:1], tokenizer, section, data.scale)[0][1]
         warm = [f"  warm-up  {recipe.warmup.steps} SFT steps x {recipe.warmup.batch_size} template "
                 "traces (format only)"] if recipe.warmup else []
-        return print_plan("grpo", recipe, args, n_train=len(examples),
-                          n_pool=data.sizes[section.train_split],
-                          n_dev=len(dev), prompt=prompt, out_state=run_dir_state(out), extra=warm)
+        return print_run_plan("grpo", recipe, args, n_train=len(examples),
+                              n_pool=data.sizes[section.train_split], n_dev=len(dev),
+                              prompt=prompt, out_state=run_dir_state(out), extra=warm)
 
     # the folder is locked while the run lasts; a run that --overwrite replaces is removed only
     # once this one has started (model loaded, trainer built, run.json written), else put back

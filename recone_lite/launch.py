@@ -1,6 +1,6 @@
 """`recone-lite launch`: several training jobs side by side on one node, one adapter each.
 
-A recipe with a `launch:` section (typed here; `Recipe.launch` in config.py) lists jobs. Each job
+A recipe with a `launch:` section (`Recipe.launch`, typed in config.py) lists jobs. Each job
 is one `recone-lite train` run on its own subset of the node's GPUs, started through
 `accelerate launch` (DDP or DeepSpeed, from the configs in `recipes/accelerate/`): the engine's
 own multi-process code, none of ours. Jobs get consecutive GPUs (2 + 3 + 3 on 8) through
@@ -16,7 +16,7 @@ a recipe setting (`grpo.use_vllm`, `grpo.vllm_mode: colocate`), not something la
         - {name: book, gpus: 3, overrides: [data.dir=data/book]}
         - {name: yelp, gpus: 3, recipe: yelp-grpo}
 
-This module imports only pydantic at the top: config.py imports `LaunchSection` from it.
+The section is typed in config.py (`LaunchSection`, `Job`), beside the rest of a recipe.
 """
 
 from __future__ import annotations
@@ -33,45 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from recone_lite import log
+from recone_lite.config import LaunchSection, load_recipe, recipes_dir
+from recone_lite.errors import InputError, ReconeError
 
 BASE_PORT = 29500  # torch.distributed's default; job i rendezvous on BASE_PORT + i
-
-
-class Job(BaseModel):
-    """One adapter's training run: which recipe, how many GPUs, which overrides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="names the run dir")
-    recipe: str | None = Field(None, description="recipe name or file [default: this recipe]")
-    gpus: int = Field(1, gt=0, description="GPUs (accelerate processes) of this job")
-    overrides: list[str] = Field(default_factory=list, description="key.sub=value for `train`")
-    accelerate_config: str | None = Field(None, description="[default: the launch section's]")
-
-
-class LaunchSection(BaseModel):
-    """The `launch:` section of a recipe: the node and the jobs that share it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    gpus: int = Field(8, gt=0, description="GPUs on the node; jobs take them in order")
-    accelerate_config: str = Field(
-        "ddp", description="recipes/accelerate/NAME.yaml (ddp, zero2, zero3) or a path"
-    )
-    output_dir: str = Field("runs/launch", description="each job trains into OUTPUT_DIR/NAME")
-    jobs: list[Job] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _jobs_fit(self) -> LaunchSection:
-        names = [job.name for job in self.jobs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"job names repeat: {', '.join(names)}")
-        wanted = sum(job.gpus for job in self.jobs)
-        if wanted > self.gpus:
-            raise ValueError(f"the jobs ask for {wanted} GPUs; the node has {self.gpus}")
-        return self
-
 
 
 def accelerate_config_path(name: str) -> Path:
@@ -80,9 +46,6 @@ def accelerate_config_path(name: str) -> Path:
     >>> accelerate_config_path("ddp").name
     'ddp.yaml'
     """
-    from recone_lite.config import recipes_dir
-    from recone_lite.errors import InputError
-
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -140,6 +103,7 @@ def build_commands(
     find no CUDA, so `train` sets TRL's use_cpu and they join over gloo. (accelerate's `--cpu`
     with `--num_processes 2` starts one process only, in accelerate 1.15.)
 
+    >>> from recone_lite.config import Job
     >>> section = LaunchSection(gpus=8, jobs=[Job(name="a", gpus=2), Job(name="b", gpus=3)])
     >>> a, b = build_commands("r", section)
     >>> a.env, b.env
@@ -149,8 +113,6 @@ def build_commands(
     >>> b.argv[-6:]
     ['recone_lite', 'train', '--recipe', 'r', '--out', 'runs/launch/b']
     """
-    from recone_lite.errors import InputError
-
     out = Path(output_dir or section.output_dir)
     commands: list[Command] = []
     first_gpu = 0
@@ -238,8 +200,6 @@ def run_jobs(commands: list[Command], *, refresh: float = 1.0) -> list[dict[str,
     """
     from rich.live import Live
 
-    from recone_lite import log
-
     jobs = [Running(c) for c in commands]
     for job in jobs:
         job.command.log.parent.mkdir(parents=True, exist_ok=True)
@@ -312,10 +272,6 @@ def launch_recipe(
     """The `launch` command: validate the recipe and every job's recipe with its overrides
     (before anything starts), then print the commands (`dry_run`: a list of shell lines) or run
     them (a list of per-job summaries)."""
-    from recone_lite import log
-    from recone_lite.config import load_recipe
-    from recone_lite.errors import InputError
-
     recipe = load_recipe(recipe_ref)
     if recipe.launch is None:
         raise InputError(f"recipe {recipe_ref} has no launch: section (see "
@@ -341,8 +297,6 @@ def raise_if_failed(results: list[Any]) -> None:
     ...
     recone_lite.errors.ReconeError: 1 of 1 jobs failed: b (exit 1, log b.log)
     """
-    from recone_lite.errors import ReconeError
-
     jobs = [r for r in results if isinstance(r, dict)]
     failed = [r for r in jobs if r["status"] != "finished"]
     if failed:

@@ -13,6 +13,10 @@
 
 Buckets are whole stars when every true rating is whole, half stars otherwise; a prediction goes
 to the nearest bucket (halves up) after clipping.
+
+`percentile` is the package's one percentile: nearest rank for lengths that should be real
+(`percentiles`: prompt tokens, trace lengths), linear interpolation for `data stats`'
+distributions (numpy's default method).
 """
 
 from __future__ import annotations
@@ -22,6 +26,38 @@ from collections.abc import Sequence
 
 from recone_lite.prompts import fmt_number
 from recone_lite.rewards import clip, round_half_up
+
+
+def percentile(values: Sequence[float], p: float, *, interpolate: bool = False) -> float:
+    """The `p`-th percentile (0-100) of sorted `values` (not empty): nearest rank, so the result
+    is one of the values, or with `interpolate` linear between the two closest ranks.
+
+    >>> percentile([1, 2, 3, 4], 50), percentile([1, 2, 3, 4], 50, interpolate=True)
+    (2, 2.5)
+    >>> round(percentile([0, 1, 2, 3, 10], 90, interpolate=True), 3)
+    7.2
+    """
+    if not interpolate:
+        return values[max(math.ceil(p / 100 * len(values)) - 1, 0)]
+    rank = p / 100 * (len(values) - 1)
+    low = math.floor(rank)
+    high = min(low + 1, len(values) - 1)
+    return values[low] + (values[high] - values[low]) * (rank - low)
+
+
+def percentiles(values: list[int]) -> dict[str, int]:
+    """Nearest-rank p50/p90/p99/max of sorted integers (zeros for an empty list).
+
+    >>> percentiles(list(range(1, 101)))
+    {'n': 100, 'p50': 50, 'p90': 90, 'p99': 99, 'max': 100}
+    >>> percentiles([7])
+    {'n': 1, 'p50': 7, 'p90': 7, 'p99': 7, 'max': 7}
+    """
+    result = {"n": len(values)}
+    for p in (50, 90, 99):
+        result[f"p{p}"] = percentile(values, p) if values else 0
+    result["max"] = values[-1] if values else 0
+    return result
 
 
 def _bucketer(truths: Sequence[float], scale: tuple[float, float]):

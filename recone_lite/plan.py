@@ -18,6 +18,10 @@ its own weights and KV cache instead; in `server` mode generation runs on other 
 
 The activation term's coefficient was calibrated against a measured run (see
 `ACTIVATION_COEFFICIENT` and docs/recipes.md); the rest are counts of bytes.
+
+The package's one memory model: `train --dry-run` / `sft --dry-run` print this estimate too
+(dry_run.py). Over 600 lines and one unit: shapes, settings, the estimate and its table belong
+together so that the arithmetic reads in one place.
 """
 
 from __future__ import annotations
@@ -29,7 +33,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from recone_lite.gpu import describe_precision, grpo_layout, precision_for
+from recone_lite import log
+from recone_lite.config import trainer_defaults
+from recone_lite.errors import InputError
+from recone_lite.gpu import (
+    check_vllm_quantization,
+    describe_precision,
+    grpo_layout,
+    precision_for,
+    vllm_settings,
+)
 
 GIB = 1024**3
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -193,8 +206,6 @@ def shape_from_gguf(path: Path) -> Shape:
 
 def model_shape(spec: Any) -> tuple[Shape, str]:
     """The shape of the recipe's `model:` and where it came from (a file, or the table)."""
-    from recone_lite.errors import InputError
-
     try:
         folder, gguf = spec.source()
     except InputError:  # the SmolLM2 alias without its package: the table still knows it
@@ -245,13 +256,8 @@ class Settings:
 def settings_from_recipe(recipe: Any, device: str = "cuda") -> Settings:
     """The `Settings` of a validated recipe, with TRL's defaults where the recipe is silent and
     the CPU's forced settings (fp32, no gradient checkpointing, no quantization) on `cpu`."""
-    import trl
-
     section = recipe.grpo if recipe.kind == "grpo" else recipe.sft
-    config = trl.GRPOConfig if recipe.kind == "grpo" else trl.SFTConfig
-    defaults = {f.name: f.default for f in dataclasses.fields(config)
-                if f.default is not dataclasses.MISSING}
-    get = {**defaults, **section}.get
+    get = {**trainer_defaults(recipe.kind), **section}.get
     batch = int(get("per_device_train_batch_size"))
     accumulation = int(get("gradient_accumulation_steps") or 1)
     targets = recipe.lora.target_modules
@@ -573,15 +579,6 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
     return result
 
 
-def trainer_defaults(section: str) -> dict[str, Any]:
-    """The defaults of TRL's GRPOConfig / SFTConfig fields."""
-    import trl
-
-    config = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
-    return {f.name: f.default for f in dataclasses.fields(config)
-            if f.default is not dataclasses.MISSING}
-
-
 def batch_layout(recipe: Any, gpus: int) -> Any:
     """TRL's GRPO batch layout of the recipe at `gpus` processes (gpu.grpo_layout); None for SFT,
     whose batch has no divisibility rule."""
@@ -605,9 +602,6 @@ def fix_values(fix: list[str]) -> dict[str, Any]:
 def gpu_checks(recipe: Any, device: str) -> list[str]:
     """What the GPU path would refuse or change, as lines for the plan (not errors: a plan is
     made anywhere): vLLM from a 4-bit base without Unsloth, vLLM's context bound."""
-    from recone_lite.errors import InputError
-    from recone_lite.gpu import check_vllm_quantization, vllm_settings
-
     if recipe.kind != "grpo" or device != "cuda" or not recipe.grpo.get("use_vllm"):
         return []
     lines = []
@@ -625,8 +619,6 @@ def gpu_checks(recipe: Any, device: str) -> list[str]:
 def print_plan(plan: dict[str, Any]) -> None:
     """A rich table of the plan on stderr."""
     from rich.table import Table
-
-    from recone_lite import log
 
     parts = plan["parts_gib"]
     table = Table(title=f"plan: {plan['model']} on {plan['gpus']} x {plan['device']} "
@@ -715,8 +707,6 @@ def run_steps(recipe: Any, gpus: int) -> int | None:
 def plan_for_cli(recipe: Any, device_name: str, memory_gib: float | None,
                  gpus: int) -> dict[str, Any]:
     """`plan_recipe` with the command line's checks (a known device profile)."""
-    from recone_lite.errors import InputError
-
     if device_name not in DEVICES:
         raise InputError(f"unknown device {device_name!r}; known: {', '.join(DEVICES)}",
                          field="--device")

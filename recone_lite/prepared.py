@@ -15,7 +15,31 @@ from typing import Any
 from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
 
-SPLITS = ("train", "dev", "test", "coldstart")
+SPLITS = ("train", "dev", "test", "coldstart")  # data prepare's split codes 0..3
+
+
+def parse_scale(text: str, field: str = "scale") -> tuple[float, float]:
+    """`"1,5"` -> (1.0, 5.0): a `MIN,MAX` rating scale from the command line (`predict --scale`,
+    `export --scale`, `data prepare --rating-scale`); NaN and infinite bounds are refused.
+
+    >>> parse_scale("1,5"), parse_scale("0.5, 10")
+    ((1.0, 5.0), (0.5, 10.0))
+    >>> parse_scale("5,1")
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: scale: expected MIN,MAX with MIN < MAX, got '5,1'
+    >>> parse_scale("nan,5", field="--rating-scale")
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: --rating-scale: expected MIN,MAX with MIN < MAX, got 'nan,5'
+    """
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        low = high = math.nan
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise InputError(f"expected MIN,MAX with MIN < MAX, got {text!r}", field=field)
+    return low, high
 
 
 def read_scale(data_dir: str | Path) -> tuple[float, float]:

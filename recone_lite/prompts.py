@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -408,9 +407,11 @@ def count_tokens(text: str, tokenizer: Any) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
-def load_tokenizer(path: str | Path, gguf_file: str | None = None) -> Any:
+def load_tokenizer(path: str | Path, gguf_file: str | None = None,
+                   trust_remote_code: bool = False) -> Any:
     """A Hugging Face tokenizer from a folder or hub name, or from a GGUF file (a path to a
     `.gguf`, or its folder plus `gguf_file`). Imports transformers, so call it only when needed.
+    `data show`, `data stats` and the dry runs of `train` / `sft` load theirs here.
     """
     from transformers import AutoTokenizer
 
@@ -421,7 +422,9 @@ def load_tokenizer(path: str | Path, gguf_file: str | None = None) -> Any:
         raise InputError("no such tokenizer folder", path=path)
     if gguf_file and not (local / gguf_file).is_file():
         raise InputError(f"no GGUF file {gguf_file} in this folder", path=path)
-    options = {"gguf_file": gguf_file} if gguf_file else {}
+    options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+    if trust_remote_code:
+        options["trust_remote_code"] = True
     try:
         return AutoTokenizer.from_pretrained(str(path), **options)
     except (OSError, ValueError) as err:  # not a tokenizer folder; unknown hub id, or no network
@@ -523,33 +526,3 @@ def render_prompt(
     # 3. No history at all; the system prompt and the target are never cut.
     empty = attempt(0)
     return dataclasses.replace(empty, over_budget=empty.n_tokens > max_prompt_tokens)
-
-
-def prompt_token_lengths(
-    examples: Iterable[dict[str, Any]],
-    tokenizer: Any,
-    template: str = "reczero",
-    scale: tuple[float, float] = (1.0, 5.0),
-) -> dict[str, int]:
-    """Percentiles of full (unbudgeted) prompt lengths in tokens: `n`, `p50`, `p90`, `p99`, `max`.
-
-    Nearest-rank percentiles, so every number is the length of a real prompt. Look at these
-    before picking `max_prompt_tokens`: past it, the oldest history items are dropped.
-    """
-    lengths = sorted(render_prompt(e, tokenizer, template, scale).n_tokens for e in examples)
-    return percentiles(lengths)
-
-
-def percentiles(values: list[int]) -> dict[str, int]:
-    """Nearest-rank p50/p90/p99/max of sorted integers (zeros for an empty list).
-
-    >>> percentiles(list(range(1, 101)))
-    {'n': 100, 'p50': 50, 'p90': 90, 'p99': 99, 'max': 100}
-    >>> percentiles([7])
-    {'n': 1, 'p50': 7, 'p90': 7, 'p99': 7, 'max': 7}
-    """
-    result = {"n": len(values)}
-    for p in (50, 90, 99):
-        result[f"p{p}"] = values[max(math.ceil(p / 100 * len(values)) - 1, 0)] if values else 0
-    result["max"] = values[-1] if values else 0
-    return result

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 
 from recone_lite.baselines import BASELINES, LABELS
 from recone_lite.errors import InputError
+from recone_lite.evaluate import print_report
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console, info
 from recone_lite.metrics import fmt_metric
@@ -518,8 +519,6 @@ def sparkline(values: list[float], width: int = 40) -> str:
 def print_terminal(run: dict[str, Any], evals: list[tuple[str, dict[str, Any]]]) -> None:
     """The report's series as rich tables and sparklines on stderr."""
     from rich.table import Table
-
-    from recone_lite.evaluate import print_report
 
     facts = Table(title=f"run {run['name']}", show_header=False)
     for key, value in run_summary(run):

@@ -42,6 +42,7 @@ import yaml
 from recone_lite.errors import InputError
 from recone_lite.jsonl import atomic_path, dumps, exit_on_sigterm, holds_cwd, writer_lock
 from recone_lite.log import info, warn
+from recone_lite.versions import stack_versions
 
 RUN_JSON = "run.json"
 RECIPE_YAML = "recipe.yaml"
@@ -391,8 +392,6 @@ class RunRecord:
 
     def __init__(self, out: Path, kind: str, recipe_name: str, seed: int,
                  previous: dict[str, Any]) -> None:
-        from recone_lite.versions import stack_versions
-
         device, self.gpus = device_name()
         self.out, self.start = out, time.monotonic()
         self.earlier_s = float(previous.get("wall_time_s") or 0.0)

@@ -21,26 +21,28 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite import log
-from recone_lite.config import Recipe, dump_recipe
+from recone_lite.config import Recipe, dump_recipe, packaged_recipes, read_raw_recipe
+from recone_lite.dev_eval import evaluate
+from recone_lite.dry_run import print_run_plan, recipe_tokenizer, run_dir_state
 from recone_lite.errors import InputError
+from recone_lite.gpu import cuda_available
 from recone_lite.jsonl import read_jsonl
+from recone_lite.monitor import make_monitor, run_trainer
 from recone_lite.prepared import iter_split
+from recone_lite.prompts import count_tokens
+from recone_lite.rewards import completion_text, format_ok, parse_rating
 from recone_lite.runs import RunRecord, open_run_dir
+from recone_lite.traces import leaks_hint, rating_matches
 from recone_lite.training import (
     Data,
     check_gpu_path,
     check_trainable,
-    cuda_available,
-    evaluate,
+    fit,
     load_data,
-    load_tokenizer,
     load_trainable,
-    make_monitor,
-    print_plan,
     render_rows,
-    run_dir_state,
-    run_trainer,
-    trainer_config,
+    sft_config,
+    sft_row,
 )
 
 REJECTIONS = ("no_answer", "bad_format", "wrong_rating", "leaked_hint", "unknown_id", "held_out_id")
@@ -55,8 +57,6 @@ def pick_recipe(traces: Path) -> tuple[str, list[str], str]:
     with `data.dir` set to it (the trace ids are looked up there); when the traces record no
     folder (older files, hand-made ones), DEFAULT_RECIPE as it is.
     """
-    from recone_lite.config import packaged_recipes, read_raw_recipe
-
     if not traces.is_file():
         raise InputError("no such trace file", path=traces)
     first = next(read_jsonl(traces), None)
@@ -91,15 +91,6 @@ def _same_dir(a: str, b: str) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def sft_row(messages: list[dict[str, str]], answer: str) -> dict[str, Any]:
-    """A conversational prompt/completion row (TRL then puts the loss on the completion only).
-
-    >>> sft_row([{"role": "user", "content": "U"}], "<rate>4</rate>")["completion"]
-    [{'role': 'assistant', 'content': '<rate>4</rate>'}]
-    """
-    return {"prompt": messages, "completion": [{"role": "assistant", "content": answer}]}
-
-
 def trace_answer(record: dict[str, Any]) -> str | None:
     """The assistant's answer of a trace line: `messages[-1]`, or a `completion`.
 
@@ -111,8 +102,6 @@ def trace_answer(record: dict[str, Any]) -> str | None:
     >>> trace_answer({"messages": [{"role": "user", "content": "u"}]}) is None
     True
     """
-    from recone_lite.rewards import completion_text
-
     messages = record.get("messages")
     if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
         last = messages[-1]
@@ -149,9 +138,6 @@ def judge_trace(
     >>> judge_trace(line, None, "reczero", (1, 5)), judge_trace(line, example, "none", (1, 5))
     ('unknown_id', 'bad_format')
     """
-    from recone_lite.rewards import format_ok, parse_rating
-    from recone_lite.traces import leaks_hint, rating_matches
-
     if example is None:
         return "unknown_id"
     answer = trace_answer(record)
@@ -221,8 +207,6 @@ def build_rows(
 ) -> list[dict[str, Any]]:
     """SFT rows with the prompts rendered as GRPO renders them; rows longer than `max_length`
     tokens are dropped and counted (truncating them would teach a cut-off answer)."""
-    from recone_lite.prompts import count_tokens
-
     rendered = render_rows([e for e, _ in pairs], tokenizer, recipe.data, data.scale)
     rows, too_long = [], 0
     for (_, answer), (_, prompt) in zip(pairs, rendered, strict=True):
@@ -235,30 +219,6 @@ def build_rows(
     if not rows:
         raise InputError(f"every row is longer than sft.max_length={max_length}", field="sft")
     return rows
-
-
-def fit(model: Any, tokenizer: Any, rows: list[dict[str, Any]], args: Any,
-        callbacks: list[Any] | None = None) -> Any:
-    """An `SFTTrainer` on the rows, with the model's adapter already in place (not trained yet)."""
-    from datasets import Dataset
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    trainer.remove_callback(PrinterCallback)  # the monitor prints one line per log instead
-    return trainer
-
-
-def sft_config(values: dict[str, Any], recipe: Recipe, out: Path) -> Any:
-    """`trl.SFTConfig` with loss on the completion only and max_length from the model spec."""
-    defaults = {"completion_only_loss": True, "max_length": recipe.model.max_seq_length}
-    return trainer_config("sft", {**defaults, **values}, out, recipe.seed)
 
 
 def train(
@@ -278,10 +238,11 @@ def train(
     dev = data.splits[recipe.data.eval_split]
     pairs, counts = read_traces(traces, recipe, data, strict=strict)
     if dry_run:
-        tokenizer = load_tokenizer(recipe)
+        tokenizer = recipe_tokenizer(recipe)
         prompt = render_rows([pairs[0][0]], tokenizer, recipe.data, data.scale)[0][1]
-        plan = print_plan("sft", recipe, args, n_train=len(pairs), n_pool=sum(counts.values()),
-                          n_dev=len(dev), prompt=prompt, out_state=run_dir_state(out))
+        plan = print_run_plan("sft", recipe, args, n_train=len(pairs),
+                              n_pool=sum(counts.values()), n_dev=len(dev), prompt=prompt,
+                              out_state=run_dir_state(out))
         return {**plan, "counts": dict(counts)}
     # the folder is locked while the run lasts; a run that --overwrite replaces is removed only
     # once this one has started (model loaded, trainer built, run.json written), else put back

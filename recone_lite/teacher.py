@@ -1,4 +1,5 @@
-"""The `traces` run: ask the teacher, rationalize the misses, cache every answer, count the cost.
+"""`recone-lite traces make`: ask the teacher, rationalize the misses, cache every answer, count
+the cost.
 
 For each example of a prepared split: ask the teacher with the RecOne prompt; keep the answer
 (`align`) when it is well formed and its rating matches the truth; otherwise ask again with the

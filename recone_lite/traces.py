@@ -1,4 +1,5 @@
-"""RecOne cold-start traces, the pure parts: the hint, the leak filter, acceptance, the template.
+"""`recone-lite traces inspect`, and the pure parts of RecOne's cold-start traces that `traces make`
+(teacher.py), `sft` and the warm-up share: the hint, the leak filter, acceptance, the template.
 
 RecOne (arXiv 2510.23077) asks a teacher to reason on held-out examples with the same
 think-before-recommendation prompt the student will see. A trace whose rating equals the truth is
@@ -24,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite.jsonl import read_jsonl
-from recone_lite.prompts import build_messages, fmt_number, percentiles, stats_estimate
+from recone_lite.log import console
+from recone_lite.metrics import percentiles
+from recone_lite.prompts import build_messages, fmt_number, stats_estimate
 from recone_lite.rewards import format_ok, parse_rating, round_half_up
 
 TEMPLATE = "reczero"  # RecOne's traces always use the four-step prompt
-KINDS = ("align", "rationalized", "template")
 TEACHERS = ("openai", "template")  # `traces make --teacher`: an endpoint, or the offline warm-up
 
 HINT = (
@@ -499,8 +501,6 @@ def render_report(report: dict[str, Any], sample_chars: int = 600) -> None:
     """Print an `inspect_file` report as a table and the samples, on stderr."""
     from rich.markup import escape
     from rich.table import Table
-
-    from recone_lite.log import console
 
     n = report["n"] or 1
     table = Table(title=f"{report['file']}: {report['n']:,} traces")

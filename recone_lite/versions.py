@@ -6,6 +6,7 @@ import importlib.metadata as metadata
 import platform
 
 from recone_lite import __version__
+from recone_lite.gpu import cuda_available
 
 PACKAGES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes")
 
@@ -15,14 +16,6 @@ def package_version(name: str) -> str:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def unsloth_status() -> str:

@@ -23,7 +23,9 @@ from training_helpers import write_prepared
 
 from recone_lite import export as export_module
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.export import export, read_recone_json, verify_merged
+from recone_lite.export import export
+from recone_lite.models import read_recone_json
+from recone_lite.verify import verify_merged
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"

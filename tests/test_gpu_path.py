@@ -14,7 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from recone_lite.cli import app
-from recone_lite.config import load_recipe, packaged_recipes, read_raw_recipe, recipes_dir
+from recone_lite.config import (
+    load_recipe,
+    packaged_recipes,
+    read_raw_recipe,
+    recipes_dir,
+    trainer_defaults,
+)
 from recone_lite.errors import InputError
 from recone_lite.gpu import (
     check_vllm_quantization,
@@ -29,7 +35,7 @@ from recone_lite.gpu import (
     zero_stage_from_env,
     zero_stage_of_config,
 )
-from recone_lite.plan import fix_values, plan_recipe, trainer_defaults
+from recone_lite.plan import fix_values, plan_recipe
 from recone_lite.training import (
     device_settings,
     trainer_config,

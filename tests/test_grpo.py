@@ -191,7 +191,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
 def test_busy_threads_sees_a_spinning_process() -> None:
     """The CPU thread rule counts another process's running thread (and so leaves it a core)."""
-    from recone_lite.training import busy_threads
+    from recone_lite.runtime import busy_threads
 
     spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:

@@ -16,16 +16,10 @@ from training_helpers import write_prepared
 from typer.testing import CliRunner
 
 from recone_lite.cli import app
+from recone_lite.config import Job, LaunchSection
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.fixtures import smollm2_gguf
-from recone_lite.launch import (
-    Command,
-    Job,
-    LaunchSection,
-    build_commands,
-    raise_if_failed,
-    run_jobs,
-)
+from recone_lite.launch import Command, build_commands, raise_if_failed, run_jobs
 
 runner = CliRunner()
 

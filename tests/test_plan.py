@@ -135,3 +135,32 @@ def test_plan_predicts_a_measured_cpu_peak_within_30_percent(ml_100k_dir: Path) 
         result = run_case("short", Path(tmp), ml_100k_dir)
     print(f"measured {result['measured_gib']} GiB, plan {result['predicted_gib']} GiB")
     assert result["within_30pct"], result
+
+
+@pytest.mark.parametrize("name", ["cpu-demo", "cpu-quality"])
+def test_dry_run_prints_the_plans_memory_estimate(name: str, tmp_path: Path) -> None:
+    """One memory model (issue 18): `train --dry-run` reports `plan`'s peak for the same recipe,
+    on this machine's device profile (`cpu` without CUDA)."""
+    needs_smollm2()
+    from training_helpers import write_prepared
+
+    from recone_lite.gpu import cuda_available
+
+    data = write_prepared(tmp_path / "data")
+    overrides = [f"data.dir={data}", "grpo.report_to=none"]
+    dry = runner.invoke(app, ["train", "--recipe", name, *overrides, "--out",
+                              str(tmp_path / "run"), "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    device = ["--device", "cpu"]
+    if cuda_available():  # the dry run plans with the card's own memory
+        import torch
+
+        memory = torch.cuda.get_device_properties(0).total_memory / 1024**3
+        device = ["--device", "rtx4090", "--gpu-mem", str(memory)]
+    planned = runner.invoke(app, ["plan", "--recipe", name, *overrides, *device])
+    assert planned.exit_code == 0, planned.output
+    dry_gib = json.loads(dry.stdout.strip().splitlines()[-1])["memory_gib"]
+    plan_gib = json.loads(planned.stdout.strip().splitlines()[-1])["peak_gib"]
+    assert dry_gib == plan_gib > 0
+    assert f"~{plan_gib:.1f} GiB peak" in dry.output
+    assert not (tmp_path / "run").exists()

@@ -321,8 +321,8 @@ def test_kill_then_resume_every_id_exactly_once(tmp_path, tiny_dir):
 
 @pytest.mark.slow
 def test_left_padding_changes_no_completion(smollm2_dir):
+    from recone_lite.generate import hf_backend
     from recone_lite.models import ModelSpec, load_model
-    from recone_lite.predict import hf_backend
 
     model, tokenizer = load_model(ModelSpec(name=str(smollm2_dir)))
     assert tokenizer.padding_side == "left"

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from recone_lite.data.stats import prompt_token_lengths
 from recone_lite.errors import InputError
 from recone_lite.fixtures import smollm2_gguf
 from recone_lite.prompts import (
@@ -18,7 +19,6 @@ from recone_lite.prompts import (
     build_messages,
     merge_system,
     messages_for_tokenizer,
-    prompt_token_lengths,
     render_prompt,
     supports_system_role,
 )

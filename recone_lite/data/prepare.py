@@ -34,6 +34,9 @@ Both come from sorted arrays: the train-period rows sorted by (item, time) with
 `np.searchsorted` for the item windows, prefix sums of ratings for the means. The item-history
 fragments are spilled once in that item-major order, so each example's item history is one
 contiguous byte range of the spill file.
+
+Over 600 lines and one unit: one streaming pipeline over numpy arrays (read, dedupe, k-core,
+split, windows, evidence, write), whose steps share the arrays' layout.
 """
 
 from __future__ import annotations
@@ -50,13 +53,14 @@ from typing import Any
 
 import numpy as np
 
+from recone_lite import __version__
 from recone_lite.data.records import MAX_SECONDS, MIN_SECONDS, Loaded, ReadState
 from recone_lite.data.sources import loader
 from recone_lite.errors import InputError
 from recone_lite.jsonl import atomic_path, check_replaceable, dumps, writer_lock
 from recone_lite.log import info, warn
+from recone_lite.prepared import SPLITS  # split codes 0..3; -1 = history only
 
-SPLITS = ("train", "dev", "test", "coldstart")  # split codes 0..3; -1 = history only
 TRAIN, DEV, TEST, COLD, NONE = 0, 1, 2, 3, -1
 BLOCK = 1 << 14  # rows per block of users while writing
 _encode = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, ensure_ascii=False
@@ -121,21 +125,6 @@ def parse_time_cutoff(text: str) -> tuple[int, int]:
     if dev >= test:
         raise InputError("DEV_START must be before TEST_START", field="--time-cutoff")
     return dev, test
-
-
-def parse_scale(text: str) -> tuple[float, float]:
-    """`MIN,MAX` rating scale.
-
-    >>> parse_scale("0.5,5")
-    (0.5, 5.0)
-    """
-    try:
-        low, high = (float(part) for part in text.split(","))
-    except ValueError:
-        raise InputError("expected MIN,MAX such as 1,5", field="--rating-scale") from None
-    if low >= high:
-        raise InputError("MIN must be below MAX", field="--rating-scale")
-    return low, high
 
 
 def fold(text: str, chars: int) -> str:
@@ -702,6 +691,4 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
 
 
 def _version() -> str:
-    from recone_lite import __version__
-
     return __version__

@@ -10,14 +10,18 @@ from __future__ import annotations
 import json
 from array import array
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recone_lite.data.prepare import SPLITS
 from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
+from recone_lite.log import console
+from recone_lite.metrics import percentile, percentiles
+from recone_lite.prepared import SPLITS, read_scale
+from recone_lite.prompts import load_tokenizer, render_prompt
 
 PERCENTILES = (0, 10, 50, 90, 100)
 
@@ -31,7 +35,8 @@ def distribution(values: Any) -> dict[str, float]:
     data = np.asarray(values, dtype=np.float64)
     if data.size == 0:
         return {"mean": 0.0, **{f"p{p}": 0.0 for p in PERCENTILES}}
-    points = np.percentile(data, PERCENTILES)
+    ordered = np.sort(data)
+    points = [percentile(ordered, p, interpolate=True) for p in PERCENTILES]
     return {"mean": round(float(data.mean()), 3),
             **{f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, points, strict=True)}}
 
@@ -80,9 +85,6 @@ def prompt_tokens(folder: str | Path, tokenizer: str, gguf_file: str | None, tem
     """Prompt token length percentiles per split, over the first `sample` examples of each."""
     from itertools import islice
 
-    from recone_lite.prepared import read_scale
-    from recone_lite.prompts import load_tokenizer, prompt_token_lengths
-
     loaded = load_tokenizer(tokenizer, gguf_file)
     scale = read_scale(folder)
     per_split = {}
@@ -92,11 +94,24 @@ def prompt_tokens(folder: str | Path, tokenizer: str, gguf_file: str | None, tem
     return {"tokenizer": tokenizer, "template": template, "sample": sample, "splits": per_split}
 
 
+def prompt_token_lengths(
+    examples: Iterable[dict[str, Any]],
+    tokenizer: Any,
+    template: str = "reczero",
+    scale: tuple[float, float] = (1.0, 5.0),
+) -> dict[str, int]:
+    """Percentiles of full (unbudgeted) prompt lengths in tokens: `n`, `p50`, `p90`, `p99`, `max`.
+
+    Nearest-rank percentiles, so every number is the length of a real prompt. Look at these
+    before picking `max_prompt_tokens`: past it, the oldest history items are dropped.
+    """
+    lengths = sorted(render_prompt(e, tokenizer, template, scale).n_tokens for e in examples)
+    return percentiles(lengths)
+
+
 def render(summary: dict[str, Any]) -> None:
     """Print the summary as rich tables on stderr."""
     from rich.table import Table
-
-    from recone_lite.log import console
 
     table = Table(title=f"{summary['folder']} ({summary['source']}, ratings "
                   f"{summary['rating_scale']}): {summary['users']:,} users, "

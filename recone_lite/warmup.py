@@ -1,0 +1,73 @@
+"""GRPO's format warm-up (`warmup:` in a recipe): a few SFT steps on template traces so a tiny model
+emits the tags before `train` starts GRPO. A format warm-up, not RecOne. Here rather than in
+grpo.py or sft.py so that neither command module imports the other.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from recone_lite import log
+from recone_lite.config import Recipe
+from recone_lite.monitor import make_monitor
+from recone_lite.prompts import fmt_number
+from recone_lite.traces import evidence_answer, template_answer
+from recone_lite.training import Data, fit, kept_history, render_rows, sft_config, sft_row
+
+
+def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float],
+                  teacher: str = "template") -> str:
+    """The template teacher's answer in the recipe's template: the four blocks for reczero
+    (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
+    for none. Always ends in the true rating.
+
+    >>> example = {"rating": 4.0, "history": [], "target": {"title": "Heat"}}
+    >>> warmup_answer(example, "none", (1.0, 5.0))
+    '<rate>4</rate>'
+    >>> from recone_lite.rewards import format_ok
+    >>> format_ok(warmup_answer(example, "think", (1.0, 5.0)), "think")
+    True
+    """
+    answer = (evidence_answer if teacher == "evidence" else template_answer)(example, scale)
+    rate = f"<rate>{fmt_number(example['rating'])}</rate>"
+    if template == "none":
+        return rate
+    if template == "think":
+        notes = re.sub(r"</?(?:analyze user|analyze item|match)>", "", answer.rsplit("<rate>")[0])
+        return f"<think>\n{notes.strip()}\n</think>\n{rate}"
+    return answer
+
+
+WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
+
+
+def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
+    """A few SFT steps on template traces (minimal tagged answers ending in the true rating) so a
+    tiny model emits the tags and GRPO gets a signal. A format warm-up, not RecOne."""
+    warmup, template = recipe.warmup, recipe.data.template
+    split = "coldstart" if data.splits.get("coldstart") else recipe.data.train_split
+    examples = data.splits[split][: warmup.steps * warmup.batch_size]
+    rows = [
+        sft_row(rendered.messages,
+                warmup_answer(kept_history(example, rendered), template, data.scale,
+                              warmup.teacher))
+        for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
+    ]
+    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {warmup.teacher} traces from "
+             f"{split} (offline, not RecOne)")
+    args = sft_config({"max_steps": warmup.steps, "learning_rate": warmup.learning_rate,
+                       "per_device_train_batch_size": warmup.batch_size, "save_strategy": "no",
+                       "report_to": "none", "logging_steps": max(warmup.steps // 5, 1)},
+                      recipe, out / "warmup")
+    trainer = fit(model, tokenizer, rows, args, [make_monitor(None)])
+    trainer.train()
+    shutil.rmtree(out / "warmup", ignore_errors=True)
+    trainer.save_model(str(out / WARMUP_ADAPTER))  # the warmed-up adapter, to evaluate on its own
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"steps": warmup.steps, "examples": len(rows), "split": split,
+            "adapter": str(out / WARMUP_ADAPTER),
+            "loss_first": losses[0] if losses else None,
+            "loss_last": losses[-1] if losses else None}
