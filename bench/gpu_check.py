@@ -17,9 +17,6 @@ timeout, on files this script makes itself (nothing from the hub, nothing outsid
     export          `export --merged` of the chained adapter (with its logit verification)
     predict hf      `predict --model <merged>` on the 8 test requests
     predict vllm    the same with `--backend vllm`, when vllm is installed
-    grpo from sft + fix   the chain again with the change proposed for continued adapters
-                    (`continue_with_unsloth`: Unsloth's patch_peft_model after peft's load),
-                    applied inside the training process only; last, so it uses spare time
 
 Run it from the repository root on the GPU machine (the Python environment there is whatever is
 installed; a missing package is a row `skipped: <package> not installed`, not a crash):
@@ -94,10 +91,8 @@ PREDICT_TOKENS = {"gpu": 64, "cpu": 8}
 # seconds: (at most, at least) per step; the total budget trims the later ones
 CAPS = {"environment": (90, 10), "tiny model": (150, 20), "grpo": (210, 60), "sft": (150, 45),
         "grpo from sft": (180, 60), "export": (120, 30), "predict hf": (90, 30),
-        "predict vllm": (150, 60), "grpo from sft + fix": (150, 60)}
-KERNEL_STEPS = {"grpo": "music-grpo", "sft": "music-sft", "grpo from sft": "music-recone",
-                "grpo from sft + fix": "music-recone with the proposed fix"}
-FIX_ENV = "GPU_CHECK_CONTINUE_WITH_UNSLOTH"  # set: the probe applies continue_with_unsloth
+        "predict vllm": (150, 60)}
+KERNEL_STEPS = {"grpo": "music-grpo", "sft": "music-sft", "grpo from sft": "music-recone"}
 
 # --- the tiny model's shape -----------------------------------------------------------------------
 
@@ -339,7 +334,7 @@ def kernel_report(model: Any) -> dict[str, Any]:
     `self_attn.apply_o is apply_lora_o`, and an MLP whose instance `forward` (or
     `_unsloth_forward`) is bound to an `apply_lora_mlp_*`; plus the gradient checkpointing mode
     it records and the LoRA weights' dtype (Unsloth upcasts them to float32)."""
-    from recone_lite.training import is_unsloth
+    from recone_lite.gpu import is_unsloth
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     layers = list(getattr(getattr(base, "model", None), "layers", None) or [])
@@ -409,28 +404,6 @@ def kernel_verdict(report: dict[str, Any] | None) -> tuple[str, str]:
     return status, detail
 
 
-def continue_with_unsloth(model: Any, recipe: Any) -> Any:
-    """The change proposed for recone_lite.training.load_trainable (issue 17), tried here inside
-    the training process only: a continued adapter (`init_adapter`) on an Unsloth-loaded base gets
-    what `FastLanguageModel.get_peft_model` gives a new one, through Unsloth's own
-    `patch_peft_model` (fused LoRA kernels, Unsloth's gradient checkpointing, float32 LoRA
-    weights, patched saving and vLLM LoRA hooks), as Unsloth's loader does after its own
-    `PeftModel.from_pretrained(..., is_trainable=True)` (unsloth/models/loader.py, 2026.10.9)."""
-    from recone_lite.training import is_unsloth, wants_checkpointing
-
-    if not recipe.init_adapter or not is_unsloth(model):
-        return model
-    from unsloth import FastLanguageModel
-
-    mode: Any = "unsloth" if wants_checkpointing(recipe) else False
-    with contextlib.suppress(ImportError):  # the heuristic get_peft_model applies first
-        from unsloth.models._utils import apply_unsloth_gradient_checkpointing
-
-        mode = apply_unsloth_gradient_checkpointing(
-            mode, recipe.model.max_seq_length, model.get_input_embeddings().weight.dtype)
-    return FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=mode)
-
-
 def safe_report(model: Any) -> dict[str, Any]:
     """kernel_report, or the error it met: the check must never break the command it watches."""
     try:
@@ -452,12 +425,9 @@ def install_probe(path: Path) -> None:
     def save() -> None:
         path.write_text(json.dumps(state, indent=1), encoding="utf-8")
 
-    fix = os.environ.get(FIX_ENV) == "1"
     for module in (grpo, sft):
         def load(recipe: Any, _load: Any = module.load_trainable) -> Any:
             model, tokenizer = _load(recipe)
-            if fix:
-                model = continue_with_unsloth(model, recipe)
             state["loaded"] = safe_report(model)
             save()
             return model, tokenizer
@@ -882,8 +852,8 @@ def kernel_row(c: Check, name: str, probe: dict[str, Any]) -> None:
             probe["trained"]["fused"] != probe["loaded"]["fused"]:
         detail += f"; at load {probe['loaded']['fused']}"
     if name == "grpo from sft" and status != "yes":
-        detail += ("; known (issue 17): init_adapter is loaded with plain "
-                   "PeftModel.from_pretrained, which skips Unsloth's patch_peft_model")
+        detail += ("; expected yes: training.continue_with_unsloth runs Unsloth's "
+                   "patch_peft_model on a continued adapter")
     c.add(Row(row, status, None, None, detail))
 
 
@@ -930,23 +900,19 @@ def step_sft(c: Check) -> None:
     c.done[name] = train_row(c, name, child, run_dir, f"music-sft on {kept} template traces")
 
 
-def step_chain(c: Check, fixed: bool = False) -> None:
-    """GRPO from the SFT adapter as `train --recipe music-recone` runs it; `fixed`: the same
-    with the proposed change applied inside the training process (continue_with_unsloth)."""
-    name = "grpo from sft + fix" if fixed else "grpo from sft"
+def step_chain(c: Check) -> None:
+    """GRPO from the SFT adapter as `train --recipe music-recone` runs it (training.py continues
+    the adapter through Unsloth's patch_peft_model: its kernel row should say yes)."""
+    name = "grpo from sft"
     reason = c.gate(name, CORE, after=("sft",))
-    if fixed and not reason:
-        reason = kernel_skip(c)
     if reason:
         c.add(Row(name, reason))
         return
-    run_dir = c.work / "runs" / ("recone-fixed" if fixed else "recone")
+    run_dir = c.work / "runs" / "recone"
     child = c.run(name, c.cli(name, "train", "--recipe", "music-recone",
                               *overrides(c, CHAIN, CPU_GRPO), "--init-adapter",
-                              c.work / "runs" / "sft", "--out", run_dir),
-                  extra_env={FIX_ENV: "1"} if fixed else None)
-    what = "music-recone + FastLanguageModel.patch_peft_model" if fixed else "music-recone"
-    c.done[name] = train_row(c, name, child, run_dir, what)
+                              c.work / "runs" / "sft", "--out", run_dir))
+    c.done[name] = train_row(c, name, child, run_dir, "music-recone")
 
 
 def step_export(c: Check) -> None:
@@ -1002,10 +968,9 @@ def step_predict(c: Check, backend: str) -> None:
 
 
 STEPS = [step_environment, step_model, step_grpo, step_sft, step_chain, step_export,
-         lambda c: step_predict(c, "hf"), lambda c: step_predict(c, "vllm"),
-         lambda c: step_chain(c, fixed=True)]
+         lambda c: step_predict(c, "hf"), lambda c: step_predict(c, "vllm")]
 STEP_NAMES = ["environment", "tiny model", "grpo", "sft", "grpo from sft", "export", "predict hf",
-              "predict vllm", "grpo from sft + fix"]
+              "predict vllm"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -174,7 +174,7 @@ def load_trainable(recipe: Recipe) -> tuple[Any, Any]:
             f"adapter: continuing {spec.adapter} (r={getattr(cfg, 'r', '?')}, "
             f"alpha={getattr(cfg, 'lora_alpha', '?')}); the recipe's lora section is not used"
         )
-        return model, tokenizer
+        return (continue_with_unsloth(model, recipe) if is_unsloth(model) else model), tokenizer
     return add_lora(model, recipe), tokenizer
 
 
@@ -207,6 +207,32 @@ def wants_checkpointing(recipe: Recipe) -> bool:
     `grpo:` for GRPO and its format warm-up); TRL's default (on) when the section is silent."""
     section = recipe.sft if recipe.kind == "sft" else recipe.grpo
     return bool(section.get("gradient_checkpointing", True))
+
+
+def continue_with_unsloth(model: Any, recipe: Recipe) -> Any:
+    """A continued adapter (`init_adapter`, e.g. SFT -> GRPO) on an Unsloth-loaded base gets what
+    `FastLanguageModel.get_peft_model` gives a new one: Unsloth's `patch_peft_model` (fused LoRA
+    kernels, Unsloth's gradient checkpointing, float32 LoRA weights, patched saving, the vLLM
+    LoRA hooks), as Unsloth's own loader runs it after `PeftModel.from_pretrained(...,
+    is_trainable=True)` (unsloth/models/loader.py, 2026.10.9). `get_peft_model` itself skips or
+    refuses a model that already has LoRA; Unsloth's `from_pretrained(adapter_dir)` would take the
+    base from adapter_config.json instead of the recipe and bypass models.adapter_mismatch."""
+    from peft import PeftModelForCausalLM
+    from unsloth import FastLanguageModel
+
+    if not isinstance(model, PeftModelForCausalLM):  # patch_peft_model raises TypeError otherwise
+        log.warn("the continued adapter is not a CAUSAL_LM adapter: training it without "
+                 "Unsloth's fused LoRA kernels")
+        return model
+    mode: Any = "unsloth" if wants_checkpointing(recipe) else False
+    try:  # the sequence-length rule get_peft_model applies first (unsloth/models/_utils.py)
+        from unsloth.models._utils import apply_unsloth_gradient_checkpointing
+
+        mode = apply_unsloth_gradient_checkpointing(
+            mode, recipe.model.max_seq_length, model.get_input_embeddings().weight.dtype)
+    except ImportError:
+        pass
+    return FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=mode)
 
 
 def add_lora(model: Any, recipe: Recipe) -> Any:

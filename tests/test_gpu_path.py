@@ -356,3 +356,39 @@ def test_sft_reads_its_own_gradient_checkpointing() -> None:
     assert wants_checkpointing(load_recipe("music-sft"))
     assert not wants_checkpointing(load_recipe("music-grpo", ["grpo.gradient_checkpointing=false"]))
     assert wants_checkpointing(load_recipe("music-grpo", ["sft.gradient_checkpointing=false"]))
+
+
+def test_a_continued_adapter_gets_unsloths_patches(tiny_dir: Path, monkeypatch) -> None:
+    """SFT -> GRPO under Unsloth: the continued adapter goes through Unsloth's patch_peft_model
+    (fused LoRA kernels, its gradient checkpointing), as a new adapter does through
+    get_peft_model. Unsloth needs CUDA, so a stand-in module records the call; the model is a
+    real peft model."""
+    import sys
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from recone_lite.training import continue_with_unsloth
+
+    calls: list[Any] = []
+
+    class FastLanguageModel:
+        @staticmethod
+        def patch_peft_model(model: Any, use_gradient_checkpointing: Any) -> Any:
+            calls.append(use_gradient_checkpointing)
+            return model
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(
+        FastLanguageModel=FastLanguageModel))
+    base = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj"],
+                                            task_type="CAUSAL_LM"))
+    assert continue_with_unsloth(model, load_recipe("music-recone")) is model
+    assert continue_with_unsloth(model, load_recipe(
+        "music-recone", ["grpo.gradient_checkpointing=false"])) is model
+    assert calls == ["unsloth", False]
+    plain = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir),
+                           LoraConfig(r=4, target_modules=["q_proj"]))  # no task type
+    assert continue_with_unsloth(plain, load_recipe("music-recone")) is plain
+    assert calls == ["unsloth", False]
