@@ -60,6 +60,48 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
 # --- backends ---------------------------------------------------------------------------------
 
 
+DECODING_KEYS = ("top_p", "top_k", "min_p")  # the model's sampling settings, applied when sampling
+
+
+def decoding(generation_config: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """The decoding settings every backend uses (hf, vLLM, dev evaluation): the run's temperature
+    (greedy at 0) over the model's own generation config, its repetition penalty always and its
+    top-p / top-k / min-p when sampling. One definition, so one adapter decodes alike on every
+    backend (vLLM's SamplingParams would otherwise drop what transformers' generate keeps).
+
+    >>> config = {"repetition_penalty": 1.1, "top_p": 0.9, "top_k": 50, "temperature": 0.7}
+    >>> decoding(config, 0.0)
+    {'temperature': 0.0, 'repetition_penalty': 1.1}
+    >>> decoding(config, 1.0)
+    {'temperature': 1.0, 'repetition_penalty': 1.1, 'top_p': 0.9, 'top_k': 50}
+    >>> decoding({"top_p": 1.0, "top_k": 0, "min_p": None}, 0.5)  # neutral values are left out
+    {'temperature': 0.5, 'repetition_penalty': 1.0}
+    """
+    settings = {"temperature": max(float(temperature), 0.0),
+                "repetition_penalty": float(generation_config.get("repetition_penalty") or 1.0)}
+    if temperature > 0:
+        neutral = {"top_p": 1.0, "top_k": 0, "min_p": 0.0}
+        settings.update({key: generation_config[key] for key in DECODING_KEYS
+                         if generation_config.get(key) not in (None, neutral[key], -1)})
+    return settings
+
+
+def hf_decoding(settings: dict[str, Any]) -> dict[str, Any]:
+    """`decoding`'s settings as `model.generate` keywords: greedy unsets the sampling knobs the
+    model's generation config may carry, so transformers does not warn about them.
+
+    >>> hf_decoding({"temperature": 0.0, "repetition_penalty": 1.1})
+    {'do_sample': False, 'temperature': None, 'top_p': None, 'top_k': None, 'min_p': None, \
+'repetition_penalty': 1.1}
+    >>> hf_decoding({"temperature": 1.0, "repetition_penalty": 1.0, "top_p": 0.9})
+    {'do_sample': True, 'temperature': 1.0, 'repetition_penalty': 1.0, 'top_p': 0.9}
+    """
+    if settings["temperature"] > 0:
+        return {"do_sample": True, **settings}
+    return {"do_sample": False, "temperature": None, **dict.fromkeys(DECODING_KEYS),
+            "repetition_penalty": settings["repetition_penalty"]}
+
+
 def hf_backend(
     model: Any,
     tokenizer: Any,
@@ -83,11 +125,7 @@ def hf_backend(
 
     eos = model.generation_config.eos_token_id
     eos_ids = sorted({*(eos if isinstance(eos, list) else [eos]), tokenizer.eos_token_id} - {None})
-    sampling = (
-        {"do_sample": True, "temperature": temperature}
-        if temperature > 0
-        else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    )
+    sampling = hf_decoding(decoding(model.generation_config.to_dict(), temperature))
 
     def run(requests: Iterable[dict[str, Any]]) -> Iterator[list[Sample]]:
         for batch in batched(requests, batch_size):
@@ -292,13 +330,17 @@ def vllm_backend(
         max_model_len=spec.max_seq_length,
         trust_remote_code=spec.trust_remote_code,
         seed=seed if seed is not None else 0,
+        generation_config="auto",  # the model's decoding defaults, as transformers reads them
         **kwargs,
     )
     tokenizer = llm.get_tokenizer()
     expected = readout == "expected"
+    defaults = llm.get_default_sampling_params()  # the model's generation_config (vLLM's "auto")
     params = SamplingParams(
-        n=samples, temperature=temperature, max_tokens=max_new_tokens, seed=seed,
+        n=samples, max_tokens=max_new_tokens, seed=seed,
         logprobs=readouts.TOP_LOGPROBS if expected else None,
+        **decoding({key: getattr(defaults, key, None)
+                    for key in ("repetition_penalty", *DECODING_KEYS)}, temperature),
     )
 
     def sample(c: Any) -> Sample:
