@@ -76,7 +76,10 @@ class WarmupSection(Strict):
     steps: int = Field(20, gt=0)
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(4, gt=0)
-    teacher: Literal["template", "evidence"] = "template"
+    teacher: Literal["template", "evidence", "estimate"] = Field(
+        "template", description="`template`: the tags and the true rating; `evidence`: reasons "
+        "from the prompt's evidence to the true rating; `estimate`: the same reasoning ending in "
+        "the prompt's estimate (a statistical teacher: the model learns to copy its evidence)")
 
 
 class EvalSection(Strict):

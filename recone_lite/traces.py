@@ -336,7 +336,8 @@ def template_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     )
 
 
-def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0)) -> str:
+def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0),
+                    rate: str = "truth") -> str:
     """A short four-block answer that reasons from the evidence in the prompt (the user's likes,
     the rating statistics, other users' earlier ratings of the item) and ends in the TRUE rating.
 
@@ -359,6 +360,12 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     <rate>2</rate>
     >>> format_ok(text), parse_rating(text)
     (True, 2.0)
+
+    `rate="estimate"` rates what the evidence adds up to instead (the estimate in the prompt, a
+    statistical teacher, not the truth): the answer a model that copies its evidence writes.
+
+    >>> parse_rating(evidence_answer(example, rate="estimate"))
+    3.6
     """
     liked: Counter[str] = Counter()
     disliked: Counter[str] = Counter()
@@ -388,8 +395,10 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     estimate = stats_estimate(stats, scale) if stats else None
     match = f"estimate {estimate:.2f}" if estimate is not None else \
         f"user {mean('user_mean', 'user_count')}, item {mean('item_mean', 'item_count')}"
+    rating = f"{estimate:.2f}" if rate == "estimate" and estimate is not None else \
+        fmt_number(example["rating"])
     return (f"<analyze user>{user}</analyze user>\n<analyze item>{item}</analyze item>\n"
-            f"<match>{match}</match>\n<rate>{fmt_number(example['rating'])}</rate>")
+            f"<match>{match}</match>\n<rate>{rating}</rate>")
 
 
 def template_trace(example: dict[str, Any], scale: tuple[float, float]) -> dict[str, Any]:

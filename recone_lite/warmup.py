@@ -13,7 +13,6 @@ from typing import Any
 from recone_lite import log
 from recone_lite.config import Recipe
 from recone_lite.monitor import make_monitor
-from recone_lite.prompts import fmt_number
 from recone_lite.traces import evidence_answer, template_answer
 from recone_lite.training import Data, fit, kept_history, render_rows, sft_config, sft_row
 
@@ -22,7 +21,7 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
                   teacher: str = "template") -> str:
     """The template teacher's answer in the recipe's template: the four blocks for reczero
     (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
-    for none. Always ends in the true rating.
+    for none. Ends in the true rating, or for the `estimate` teacher in the prompt's estimate.
 
     >>> example = {"rating": 4.0, "history": [], "target": {"title": "Heat"}}
     >>> warmup_answer(example, "none", (1.0, 5.0))
@@ -30,9 +29,15 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
     >>> from recone_lite.rewards import format_ok
     >>> format_ok(warmup_answer(example, "think", (1.0, 5.0)), "think")
     True
+    >>> example["stats"] = {"user_mean": 4.2, "user_count": 30, "global_mean": 3.5}
+    >>> warmup_answer(example, "none", (1.0, 5.0), "estimate")  # 3.5 + (4.2 - 3.5) * 30 / 35
+    '<rate>4.10</rate>'
+    >>> warmup_answer(example, "none", (1.0, 5.0), "evidence")
+    '<rate>4</rate>'
     """
-    answer = (evidence_answer if teacher == "evidence" else template_answer)(example, scale)
-    rate = f"<rate>{fmt_number(example['rating'])}</rate>"
+    answer = template_answer(example, scale) if teacher == "template" else \
+        evidence_answer(example, scale, rate="estimate" if teacher == "estimate" else "truth")
+    rate = answer[answer.rindex("<rate>"):]
     if template == "none":
         return rate
     if template == "think":
