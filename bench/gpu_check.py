@@ -561,7 +561,7 @@ class Check:
 
     # -- children --
 
-    def run(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None) -> Child:
+    def run(self, name: str, argv: list[str]) -> Child:
         """Run a child in its own process group, at most the step's cap or the time left; on
         timeout the whole group (vLLM's engine, compile workers) is killed."""
         cap = min(self.args.cap.get(name, CAPS[name][0]), max(self.left(), 1))
@@ -571,9 +571,8 @@ class Check:
         with open(log, "w") as err, open(out, "w") as std:
             err.write(f"$ {' '.join(argv)}\n")
             err.flush()
-            self.child = subprocess.Popen(argv, cwd=ROOT, env={**self.child_env,
-                                          **(extra_env or {})}, stdout=std, stderr=err,
-                                          start_new_session=True)
+            self.child = subprocess.Popen(argv, cwd=ROOT, env=self.child_env, stdout=std,
+                                          stderr=err, start_new_session=True)
             try:
                 rc = self.child.wait(timeout=cap)
             except subprocess.TimeoutExpired:

@@ -151,7 +151,7 @@ def test_gpu_rows(gpu_check: types.ModuleType, tmp_path: Path,
                                                   "--results", str(tmp_path / "r")]))
     outputs = iter([json.dumps(env)])
 
-    def fake_run(name, argv, extra_env=None):
+    def fake_run(name, argv):
         return gpu_check.Child(0, 1.0, next(outputs, ""), tmp_path / "none.log")
 
     monkeypatch.setattr(check, "run", fake_run)
