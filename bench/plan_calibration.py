@@ -28,8 +28,9 @@ from pathlib import Path
 # sizes prompts at the budget (data.max_prompt_tokens), an upper bound; cpu-demo's own budget (600)
 # sits far above its prompts (~380-470 tokens), so the cases set a budget the prompts fill (400:
 # longer ones lose history items) and the plan and the run see the same shape.
-CPU_DEMO = ["data.max_prompt_tokens=400", "grpo.max_steps=2", "warmup.steps=2", "grpo.save_steps=100", "grpo.eval_steps=100",
-            "evaluation.at_start=false", "data.eval_limit=4", "grpo.report_to=none"]
+CPU_DEMO = ["data.max_prompt_tokens=400", "grpo.max_steps=2", "warmup.steps=2",
+            "grpo.save_steps=100", "grpo.eval_steps=100", "evaluation.at_start=false",
+            "data.eval_limit=4", "grpo.report_to=none"]
 CASES = {
     "cpu-demo": ("cpu-demo", CPU_DEMO),
     # other shapes of the same recipe, which the coefficients were not fitted on:

@@ -52,16 +52,30 @@ def _series(history: list[dict[str, Any]], key: str) -> list[float]:
 
 
 def zero_std_alarm(
-    history: list[dict[str, Any]], steps: int = 10, share: float = 0.5
+    history: list[dict[str, Any]], steps: int = 10, share: float = 0.5, flat_steps: int = 3
 ) -> str | None:
-    """More than half of the groups had identical rewards in each of the last `steps` logs.
+    """More than half of the groups had identical rewards in each of the last `steps` logs, or
+    every group did in each of the last `flat_steps`: then GRPO's advantages are all zero and the
+    adapter does not move at all, which a short run (8 steps on a CPU) must hear at once.
 
     >>> zero_std_alarm([{"frac_reward_zero_std": 0.75}] * 10)[:40]
     'rewards identical within 75% of groups f'
     >>> zero_std_alarm([{"frac_reward_zero_std": 0.75}] * 9) is None
     True
+    >>> zero_std_alarm([{"frac_reward_zero_std": 1.0}] * 3)[:45]
+    'rewards identical within every group for 3 lo'
+    >>> zero_std_alarm([{"frac_reward_zero_std": 1.0}] * 2) is None
+    True
     """
-    values = _series(history, "frac_reward_zero_std")[-steps:]
+    values = _series(history, "frac_reward_zero_std")
+    if len(values) >= flat_steps and min(values[-flat_steps:]) >= 1.0:
+        return (
+            f"rewards identical within every group for {flat_steps} logged steps: every advantage "
+            "is zero and the adapter does not change (the model writes the same answer in each "
+            "rollout; bench/rollout_spread.py measures it: raise temperature or "
+            "num_generations, or warm up less)"
+        )
+    values = values[-steps:]
     if len(values) == steps and min(values) > share:
         return (
             f"rewards identical within {values[-1]:.0%} of groups for {steps} logged steps: no "
