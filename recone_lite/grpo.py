@@ -35,7 +35,7 @@ from recone_lite.training import (
     render_rows,
     trainer_config,
 )
-from recone_lite.warmup import warm_up
+from recone_lite.warmup import TRACES, warm_up
 
 
 def with_rate_metrics(
@@ -108,8 +108,8 @@ def train(
     if dry_run:
         tokenizer = recipe_tokenizer(recipe)
         prompt = render_rows(examples[:1], tokenizer, section, data.scale)[0][1]
-        warm = [f"  warm-up  {recipe.warmup.steps} SFT steps x {recipe.warmup.batch_size} template "
-                "traces (format only)"] if recipe.warmup else []
+        warm = [f"  warm-up  {recipe.warmup.steps} SFT steps x {recipe.warmup.batch_size} "
+                f"{TRACES[recipe.warmup.teacher]}"] if recipe.warmup else []
         return print_run_plan("grpo", recipe, args, n_train=len(examples),
                               n_pool=data.sizes[section.train_split], n_dev=len(dev),
                               prompt=prompt, out_state=run_dir_state(out), extra=warm)

@@ -46,12 +46,18 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
     return answer
 
 
+# what each teacher's traces are, as `train` and its dry run name them
+TRACES = {"template": "template traces (format only)",
+          "evidence": "evidence traces (ending in the true rating)",
+          "estimate": "estimate traces (ending in the prompt's estimate)"}
+
 WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 
 
 def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
-    """A few SFT steps on template traces (minimal tagged answers ending in the true rating) so a
-    tiny model emits the tags and GRPO gets a signal. A format warm-up, not RecOne."""
+    """A few SFT steps on the teacher's offline traces (`TRACES`: tagged answers ending in the
+    true rating, or in the prompt's estimate) so a tiny model emits the tags before GRPO. Not
+    RecOne: no teacher model reasons here."""
     warmup, template = recipe.warmup, recipe.data.template
     split = "coldstart" if data.splits.get("coldstart") else recipe.data.train_split
     examples = data.splits[split][: warmup.steps * warmup.batch_size]
@@ -61,7 +67,7 @@ def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -
                               warmup.teacher))
         for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
     ]
-    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {warmup.teacher} traces from "
+    log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {TRACES[warmup.teacher]} from "
              f"{split} (offline, not RecOne)")
     args = sft_config({"max_steps": warmup.steps, "learning_rate": warmup.learning_rate,
                        "per_device_train_batch_size": warmup.batch_size, "save_strategy": "no",
