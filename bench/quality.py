@@ -39,7 +39,7 @@ from recone_lite.config import load_recipe  # noqa: E402
 from recone_lite.data.prepare import Options, prepare  # noqa: E402
 from recone_lite.jsonl import read_jsonl  # noqa: E402
 from recone_lite.metrics import fmt_metric, summarize  # noqa: E402
-from recone_lite.predict import predict  # noqa: E402
+from recone_lite.predict import predict, recipe_options  # noqa: E402
 from recone_lite.prompts import stats_estimate  # noqa: E402
 from recone_lite.runs import read_run_json  # noqa: E402
 
@@ -81,16 +81,9 @@ def test_file(data: Path, limit: int | None, folder: Path) -> Path:
 def predict_stage(recipe: Any, requests: Path, adapter: Path | None, out: Path) -> float:
     """One greedy predict pass with the expected readout (resumes a partial file); wall seconds."""
     started = time.perf_counter()
-    section = recipe.data
-    predict(
-        str(requests), model=recipe.model.name, gguf_file=recipe.model.gguf_file,
-        adapter=str(adapter) if adapter else None, template=section.template,
-        max_prompt_tokens=section.max_prompt_tokens, batch_size=recipe.evaluation.batch_size,
-        max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0, out=str(out),
-        resume=out.exists(), completion=True, readout="expected",
-        prompt={"item_history": section.item_history, "stats": section.stats,
-                "system": section.system, "max_history": section.max_history},
-    )
+    predict(str(requests), **recipe_options(recipe), adapter=str(adapter) if adapter else None,
+            temperature=0.0, out=str(out), resume=out.exists(), completion=True,
+            readout="expected")
     return time.perf_counter() - started
 
 

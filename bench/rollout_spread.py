@@ -21,25 +21,25 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recone_lite.config import load_recipe  # noqa: E402
-from recone_lite.predict import predict  # noqa: E402
+from recone_lite.predict import predict, recipe_options  # noqa: E402
 from recone_lite.rewards import reward_functions  # noqa: E402
 from recone_lite.training import load_data  # noqa: E402
 
 
-def group_rewards(completions: list[str], truth: float, rewards: list[str], template: str,
-                  scale: tuple[float, float]) -> list[float]:
+def group_rewards(completions: list[str], truth: float,
+                  functions: list[Callable[..., list[float]]]) -> list[float]:
     """The summed reward of each rollout of one prompt, by the recipe's reward functions.
 
-    >>> group_rewards(["<rate>4</rate>", "<rate>3</rate>", "none"], 4.0, ["format", "answer"],
-    ...               "none", (1.0, 5.0))
+    >>> functions = reward_functions(["format", "answer"], "none", (1.0, 5.0))
+    >>> group_rewards(["<rate>4</rate>", "<rate>3</rate>", "none"], 4.0, functions)
     [1.5, 1.25, -0.5]
     """
-    functions = reward_functions(rewards, template, scale)
     scores = [f(None, completions, rating=[truth] * len(completions)) for f in functions]
     return [sum(column) for column in zip(*scores, strict=True)]
 
@@ -64,21 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         requests, rows_path = Path(tmp) / "requests.jsonl", Path(tmp) / "rows.jsonl"
         requests.write_text("".join(json.dumps(e) + "\n" for e in dev), encoding="utf-8")
         started = time.perf_counter()
-        predict(str(requests), model=recipe.model.name, gguf_file=recipe.model.gguf_file,
-                adapter=str(args.adapter), template=section.template,
-                max_prompt_tokens=section.max_prompt_tokens,
-                batch_size=recipe.evaluation.batch_size,
-                max_new_tokens=int(grpo.get("max_completion_length", 256)),
-                temperature=temperature, samples=generations, seed=recipe.seed,
-                out=str(rows_path), completion=True, readout="text",
-                prompt={"item_history": section.item_history, "stats": section.stats,
-                        "system": section.system, "max_history": section.max_history})
+        options = recipe_options(recipe)
+        options["max_new_tokens"] = int(grpo.get("max_completion_length", 256))
+        predict(str(requests), **options, adapter=str(args.adapter), temperature=temperature,
+                samples=generations, seed=recipe.seed, out=str(rows_path), completion=True,
+                readout="text")
         seconds = time.perf_counter() - started
         rows = {row["id"]: row for row in map(json.loads, rows_path.open(encoding="utf-8"))}
     groups = [(rows[e["id"]], float(e["rating"])) for e in dev if e["id"] in rows]
     rating_spread = sum(len(set(row["ratings"])) > 1 for row, _ in groups)
-    stds = [statistics.pstdev(group_rewards(row["completion"], truth, recipe.rewards,
-                                            section.template, data.scale))
+    functions = reward_functions(recipe.rewards, section.template, data.scale)
+    stds = [statistics.pstdev(group_rewards(row["completion"], truth, functions))
             for row, truth in groups]
     parsed = sum(r is not None for row, _ in groups for r in row["ratings"])
     print(f"| {len(groups)} dev prompts x {generations} rollouts, T = {temperature} | value |\n"

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recone_lite import warmup  # noqa: E402
 from recone_lite.config import load_recipe  # noqa: E402
 from recone_lite.metrics import fmt_metric, summarize  # noqa: E402
-from recone_lite.predict import predict  # noqa: E402
+from recone_lite.predict import predict, recipe_options  # noqa: E402
 from recone_lite.prompts import stats_estimate  # noqa: E402
 from recone_lite.training import load_data, load_trainable  # noqa: E402
 
@@ -56,13 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     requests.write_text("".join(json.dumps(e) + "\n" for e in dev), encoding="utf-8")
     rows_path.unlink(missing_ok=True)
     started = time.perf_counter()
-    predict(str(requests), model=recipe.model.name, gguf_file=recipe.model.gguf_file,
-            adapter=warm["adapter"], template=section.template,
-            max_prompt_tokens=section.max_prompt_tokens, batch_size=recipe.evaluation.batch_size,
-            max_new_tokens=recipe.evaluation.max_new_tokens, temperature=0.0, out=str(rows_path),
-            completion=True, readout=recipe.evaluation.readout,
-            prompt={"item_history": section.item_history, "stats": section.stats,
-                    "system": section.system, "max_history": section.max_history})
+    predict(str(requests), **recipe_options(recipe), adapter=warm["adapter"], temperature=0.0,
+            out=str(rows_path), completion=True, readout=recipe.evaluation.readout)
     predict_s = time.perf_counter() - started
     by_id = {row["id"]: row for row in map(json.loads, rows_path.open(encoding="utf-8"))}
     truths = [float(e["rating"]) for e in dev]

@@ -607,6 +607,24 @@ def _scale(
 PROMPT_KEYS = ("item_history", "stats", "system", "max_history")  # config.DataSection -> style
 
 
+def recipe_options(recipe: Any) -> dict[str, Any]:
+    """`predict`'s keyword arguments for a loaded recipe's model, prompt and dev evaluation
+    (`evaluation.batch_size`, `evaluation.max_new_tokens`): what a bench passes so that it
+    predicts as the recipe's own dev evaluation does. `run_defaults` reads the same from a run.
+
+    >>> from recone_lite.config import load_recipe
+    >>> options = recipe_options(load_recipe("cpu-quality"))
+    >>> options["model"], options["max_new_tokens"], options["prompt"]["item_history"]
+    ('smollm2-135m-gguf', 96, 5)
+    """
+    section = recipe.data
+    return {"model": recipe.model.name, "gguf_file": recipe.model.gguf_file,
+            "template": section.template, "max_prompt_tokens": section.max_prompt_tokens,
+            "batch_size": recipe.evaluation.batch_size,
+            "max_new_tokens": recipe.evaluation.max_new_tokens,
+            "prompt": {key: getattr(section, key) for key in PROMPT_KEYS}}
+
+
 @dataclasses.dataclass
 class RunDefaults:
     """What an adapter's run folder (`train` / `sft`) says about predicting with it; None where

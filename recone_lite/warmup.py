@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from recone_lite import log
-from recone_lite.config import Recipe
+from recone_lite.config import Recipe, WarmupSection
 from recone_lite.monitor import make_monitor
 from recone_lite.traces import evidence_answer, template_answer
 from recone_lite.training import Data, fit, kept_history, render_rows, sft_config, sft_row
@@ -50,6 +50,7 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
 TRACES = {"template": "template traces (format only)",
           "evidence": "evidence traces (ending in the true rating)",
           "estimate": "estimate traces (ending in the prompt's estimate)"}
+assert set(TRACES) == set(get_args(WarmupSection.model_fields["teacher"].annotation))
 
 WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 
