@@ -1,6 +1,6 @@
 """Rating quality on MovieLens-100k: does training with recone-lite beat the baselines?
 
-Trains the `cpu-quality` recipe (evidence warm-up, then GRPO) and predicts on the test split
+Trains the `cpu-quality` recipe (its warm-up, then GRPO) and predicts on the test split
 (by default all 943 users) at three stages, beside every baseline fitted on train:
 
 - `before`:  the base model, no adapter;
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     args.results.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     text = table(results)
     print(text)
-    command = "python bench/quality.py" + (f" --test-limit {args.test_limit}" if args.test_limit
-                                           else "")
+    command = " ".join(["python bench/quality.py", *args.overrides]
+                       + ([f"--test-limit {args.test_limit}"] if args.test_limit else []))
     write_docs(args.docs, text + f"\n\nMeasured by `{command}` ({results['wall_s'] / 60:.0f} min "
                f"on {results['machine']['cpus']} cores); the JSON is {args.results.name}.")
     return 0

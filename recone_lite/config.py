@@ -76,10 +76,12 @@ class WarmupSection(Strict):
     steps: int = Field(20, gt=0)
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(4, gt=0)
-    teacher: Literal["template", "evidence", "estimate"] = Field(
+    teacher: Literal["template", "evidence", "estimate", "mixed"] = Field(
         "template", description="`template`: the tags and the true rating; `evidence`: reasons "
         "from the prompt's evidence to the true rating; `estimate`: the same reasoning ending in "
-        "the prompt's estimate (a statistical teacher: the model learns to copy its evidence)")
+        "the prompt's estimate (a statistical teacher: the model learns to copy its evidence); "
+        "`mixed`: every other trace ends in the estimate, the rest in the estimate rounded to a "
+        "whole star, so the model samples two answers and GRPO's reward chooses between them")
 
 
 class EvalSection(Strict):

@@ -366,6 +366,12 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
 
     >>> parse_rating(evidence_answer(example, rate="estimate"))
     3.6
+
+    `rate="rounded"` writes that estimate rounded (halves up) to a whole star, the answer the
+    median of whole-star ratings near it favours (the `mixed` warm-up teacher's other half).
+
+    >>> evidence_answer(example, rate="rounded").endswith("<rate>4</rate>")
+    True
     """
     liked: Counter[str] = Counter()
     disliked: Counter[str] = Counter()
@@ -395,8 +401,8 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     estimate = stats_estimate(stats, scale) if stats else None
     match = f"estimate {estimate:.2f}" if estimate is not None else \
         f"user {mean('user_mean', 'user_count')}, item {mean('item_mean', 'item_count')}"
-    rating = f"{estimate:.2f}" if rate == "estimate" and estimate is not None else \
-        fmt_number(example["rating"])
+    rating = fmt_number(example["rating"]) if rate == "truth" or estimate is None else \
+        f"{estimate:.2f}" if rate == "estimate" else str(round_half_up(estimate))
     return (f"<analyze user>{user}</analyze user>\n<analyze item>{item}</analyze item>\n"
             f"<match>{match}</match>\n<rate>{rating}</rate>")
 

@@ -21,7 +21,8 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
                   teacher: str = "template") -> str:
     """The template teacher's answer in the recipe's template: the four blocks for reczero
     (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
-    for none. Ends in the true rating, or for the `estimate` teacher in the prompt's estimate.
+    for none. Ends in the true rating, or for the `estimate` teacher in the prompt's estimate
+    (`rounded`, one half of the `mixed` teacher: that estimate rounded to a whole star).
 
     >>> example = {"rating": 4.0, "history": [], "target": {"title": "Heat"}}
     >>> warmup_answer(example, "none", (1.0, 5.0))
@@ -34,9 +35,12 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
     '<rate>4.10</rate>'
     >>> warmup_answer(example, "none", (1.0, 5.0), "evidence")
     '<rate>4</rate>'
+    >>> warmup_answer(example, "none", (1.0, 5.0), "rounded")
+    '<rate>4</rate>'
     """
     answer = template_answer(example, scale) if teacher == "template" else \
-        evidence_answer(example, scale, rate="estimate" if teacher == "estimate" else "truth")
+        evidence_answer(example, scale, rate=teacher if teacher in ("estimate", "rounded")
+                        else "truth")
     rate = answer[answer.rindex("<rate>"):]
     if template == "none":
         return rate
@@ -46,10 +50,30 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
     return answer
 
 
+def trace_teacher(teacher: str, index: int) -> str:
+    """The teacher of the `index`-th warm-up trace: the recipe's, except that `mixed` alternates
+    `estimate` (even: the prompt's estimate, "3.74") and `rounded` (odd: the same rounded to a
+    whole star, "4").
+
+    Why mix: a model warmed up on estimate traces alone writes the estimate in every rollout, so
+    every GRPO group's rewards are equal and GRPO learns nothing (docs/results.md, stop 22). Left
+    two answers per prompt, the estimate and its rounding, the model samples both, and GRPO's
+    reward (linear in |y - y_hat|, so it favours the median whole star near the estimate where
+    the ratings lean to one side) chooses between them prompt by prompt.
+
+    >>> [trace_teacher("mixed", i) for i in range(3)], trace_teacher("evidence", 1)
+    (['estimate', 'rounded', 'estimate'], 'evidence')
+    """
+    if teacher != "mixed":
+        return teacher
+    return "estimate" if index % 2 == 0 else "rounded"
+
+
 # what each teacher's traces are, as `train` and its dry run name them
 TRACES = {"template": "template traces (format only)",
           "evidence": "evidence traces (ending in the true rating)",
-          "estimate": "estimate traces (ending in the prompt's estimate)"}
+          "estimate": "estimate traces (ending in the prompt's estimate)",
+          "mixed": "mixed traces (half ending in the estimate, half in it rounded to a whole star)"}
 assert set(TRACES) == set(get_args(WarmupSection.model_fields["teacher"].annotation))
 
 WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
@@ -57,16 +81,17 @@ WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-
 
 def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
     """A few SFT steps on the teacher's offline traces (`TRACES`: tagged answers ending in the
-    true rating, or in the prompt's estimate) so a tiny model emits the tags before GRPO. Not
-    RecOne: no teacher model reasons here."""
+    true rating, in the prompt's estimate, or half in it and half in its rounding) so a tiny
+    model emits the tags before GRPO. Not RecOne: no teacher model reasons here."""
     warmup, template = recipe.warmup, recipe.data.template
     split = "coldstart" if data.splits.get("coldstart") else recipe.data.train_split
     examples = data.splits[split][: warmup.steps * warmup.batch_size]
     rows = [
         sft_row(rendered.messages,
                 warmup_answer(kept_history(example, rendered), template, data.scale,
-                              warmup.teacher))
-        for example, rendered in render_rows(examples, tokenizer, recipe.data, data.scale)
+                              trace_teacher(warmup.teacher, index)))
+        for index, (example, rendered) in enumerate(render_rows(examples, tokenizer, recipe.data,
+                                                                data.scale))
     ]
     log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {TRACES[warmup.teacher]} from "
              f"{split} (offline, not RecOne)")
