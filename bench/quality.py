@@ -38,14 +38,17 @@ from recone_lite.baselines import LABELS, baseline_predictions, fit_on_train  # 
 from recone_lite.config import load_recipe  # noqa: E402
 from recone_lite.data.prepare import Options, prepare  # noqa: E402
 from recone_lite.jsonl import read_jsonl  # noqa: E402
-from recone_lite.metrics import fmt_metric, summarize  # noqa: E402
+from recone_lite.metrics import fmt_metric, paired_bootstrap, summarize  # noqa: E402
 from recone_lite.predict import predict, recipe_options  # noqa: E402
+from recone_lite.prepared import iter_split  # noqa: E402
 from recone_lite.prompts import stats_estimate  # noqa: E402
 from recone_lite.runs import read_run_json  # noqa: E402
+from recone_lite.training import newest_per_user  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK_BEGIN, MARK_END = "<!-- quality-ml100k:begin -->", "<!-- quality-ml100k:end -->"
 ESTIMATE_LABEL = "estimate in the prompt (earlier means only)"
+BLEND_LABEL = "linear blend of the prompt's numbers (least squares on the training pool)"
 KEPT = ("n", "parsed", "coverage", "mae", "rmse", "mae_with_failures", "rmse_with_failures",
         "mean_prediction", "per_rating", "histogram", "truth_histogram")
 
@@ -103,18 +106,72 @@ def score(rows: list[dict[str, Any]], examples: list[dict[str, Any]], scale: tup
     return result
 
 
+def prompt_numbers(example: dict[str, Any], cf: list[str], scale: tuple[float, float]
+                   ) -> list[float]:
+    """The numbers a prompt shows, as features: the cf predictions it shows, the stats means
+    (the global mean where a mean is missing), the estimate, and the mean of the item's earlier
+    ratings by others."""
+    stats = example.get("stats") or {}
+    mu = float(stats.get("global_mean") or sum(scale) / 2)
+    others = [float(e["rating"]) for e in example.get("item_history") or []]
+    return [float((example.get("cf") or {}).get(name, mu)) for name in cf] + [
+        float(stats.get("user_mean") or mu), float(stats.get("item_mean") or mu), mu,
+        float(stats_estimate(stats, scale) or mu), sum(others) / len(others) if others else mu]
+
+
+def blend(recipe: Any, data: Path, examples: list[dict[str, Any]], scale: tuple[float, float]
+          ) -> tuple[list[float], dict[str, Any]]:
+    """Least squares of the prompt's numbers fitted on the examples the model trains on (each
+    user's newest `data.train_recent` train examples, whose cf is out of fold), applied to
+    `examples`: what ten lines do with the same evidence the model is shown."""
+    import numpy as np
+
+    cf = list(recipe.data.cf)
+    pool = list(newest_per_user(iter_split(data, recipe.data.train_split),
+                                recipe.data.train_recent or 10**9))
+    features = np.array([prompt_numbers(e, cf, scale) + [1.0] for e in pool])
+    weights = np.linalg.lstsq(features, np.array([float(e["rating"]) for e in pool]),
+                              rcond=None)[0]
+    test = np.array([prompt_numbers(e, cf, scale) + [1.0] for e in examples])
+    names = [*cf, "user_mean", "item_mean", "global_mean", "estimate", "item_history_mean", "1"]
+    return (np.clip(test @ weights, *scale).tolist(),
+            {"fitted_on": len(pool), "weights": dict(zip(names, np.round(weights, 4).tolist(),
+                                                         strict=True))})
+
+
+def filled(rows: list[dict[str, Any]], examples: list[dict[str, Any]], key: str,
+           fallback: float) -> list[float]:
+    """A stage's predictions in the examples' order, the fallback where a row failed (as
+    `mae_with_failures` scores it), for paired comparisons."""
+    by_id = {row.get("id"): row.get(key) for row in rows}
+    return [fallback if by_id.get(e["id"]) is None else float(by_id[e["id"]]) for e in examples]
+
+
+def bootstrap_lines(comparisons: dict[str, Any]) -> list[str]:
+    """One line per paired comparison: the differences with their 95% intervals."""
+    lines = []
+    for name, result in comparisons.items():
+        mae, rmse = result["mae"], result["rmse"]
+        lines.append(f"- {name} (n = {result['n']}): MAE {mae['diff']:+.4f} "
+                     f"[{mae['low']:+.4f}, {mae['high']:+.4f}], RMSE {rmse['diff']:+.4f} "
+                     f"[{rmse['low']:+.4f}, {rmse['high']:+.4f}]")
+    return lines
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown table of test metrics: every baseline, then each stage under both readouts."""
     lines = ["| test (n = {n}) | readout | MAE | RMSE | coverage |".format(n=results["test_n"]),
              "|---|---|---|---|---|"]
     for name, metrics in results["baselines"].items():
-        label = ESTIMATE_LABEL if name == "prompt_estimate" else LABELS.get(name, name)
+        label = ESTIMATE_LABEL if name == "prompt_estimate" else BLEND_LABEL \
+            if name == "blend" else LABELS.get(name, name)
         lines.append(f"| {label} | - | {fmt_metric(metrics['mae'])} | "
                      f"{fmt_metric(metrics['rmse'])} | 1.0000 |")
     for stage, scored in results["stages"].items():
         for readout in ("expected", "text"):
             metrics = scored[readout]
-            lines.append(f"| {stage} | {readout} | {fmt_metric(metrics['mae'])} | "
+            chosen = "**" if readout == results.get("readout") else ""
+            lines.append(f"| {chosen}{stage}{chosen} | {readout} | {fmt_metric(metrics['mae'])} | "
                          f"{fmt_metric(metrics['rmse'])} | {fmt_metric(metrics['coverage'])} |")
     dev = results["dev"]
     lines += ["", "| dev (n = {n}) | MAE | RMSE | coverage | text MAE | text RMSE |".format(
@@ -125,6 +182,8 @@ def table(results: dict[str, Any]) -> str:
                      f"{fmt_metric(metrics.get('rmse'))} | {fmt_metric(metrics.get('coverage'))} "
                      f"| {fmt_metric(metrics.get('text_mae'))} | "
                      f"{fmt_metric(metrics.get('text_rmse'))} |")
+    lines += ["", f"Paired bootstrap, A minus B (negative: A is better), {results.get('readout')}"
+              " readout, 95% intervals:", *bootstrap_lines(results.get("bootstrap", {}))]
     return "\n".join(lines)
 
 
@@ -165,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         report = summarize([stats_estimate(e["stats"], scale) for e in examples], truths, scale,
                            note["global_mean"])
         baselines["prompt_estimate"] = {"mae": report["mae"], "rmse": report["rmse"]}
+    baseline_rows = baseline_predictions(fitted, examples)
+    blended, blend_note = blend(recipe, args.data, examples, scale)
+    report = summarize(blended, truths, scale, note["global_mean"])
+    baselines["blend"] = {"mae": report["mae"], "rmse": report["rmse"]}
 
     predictions = args.out.parent / f"{args.out.name}-predictions"
     predictions.mkdir(parents=True, exist_ok=True)
@@ -185,8 +248,34 @@ def main(argv: list[str] | None = None) -> int:
     for stage in ("before", "warmup", "grpo"):
         rows = [row for _, row in read_jsonl(predictions / f"{stage}{suffix}.jsonl")]
         stages[stage] = score(rows, examples, scale, note["global_mean"])
+    readout, fallback = recipe.evaluation.readout, note["global_mean"]
+    key = "rating" if readout == "expected" else "text_rating"
+    final = filled([row for _, row in read_jsonl(predictions / f"grpo{suffix}.jsonl")],
+                   examples, key, fallback)
+    warm = filled([row for _, row in read_jsonl(predictions / f"warmup{suffix}.jsonl")],
+                  examples, key, fallback)
+    comparisons = {"test: after GRPO - biased MF": (final, baseline_rows["mf"]),
+                   "test: after GRPO - item-kNN": (final, baseline_rows["knn"]),
+                   "test: after GRPO - blend": (final, blended),
+                   "test: after GRPO - after warm-up": (final, warm)}
+    bootstrap = {name: {"n": len(truths), **paired_bootstrap(a, b, truths, scale)}
+                 for name, (a, b) in comparisons.items()}
+    steps = run.get("global_step")
+    dev_before, dev_after = args.out / "dev-step0.jsonl", args.out / f"dev-step{steps}.jsonl"
+    if dev_before.is_file() and dev_after.is_file():
+        before = {r["id"]: r for _, r in read_jsonl(dev_before)}
+        after = [r for _, r in read_jsonl(dev_after)]
+        dev_truths = [float(r["truth"]) for r in after]
+        value = lambda r: fallback if r.get("rating") is None else float(r["rating"])  # noqa: E731
+        bootstrap["dev: after GRPO - after warm-up"] = {
+            "n": len(after), **paired_bootstrap([value(r) for r in after],
+                                                [value(before[r["id"]]) for r in after],
+                                                dev_truths, scale)}
     results = {
         "bench": "quality-ml100k",
+        "readout": readout,
+        "bootstrap": bootstrap,
+        "blend": blend_note,
         "recipe": args.recipe,
         "overrides": args.overrides,
         "test_n": len(examples),

@@ -12,7 +12,9 @@ with its defaults (regularized biases fitted by ALS, 10 epochs, reg_u 15, reg_i 
 no seed): the strongest simple baseline. MF is scikit-surprise's SVD, a biased matrix
 factorisation trained by SGD (Funk SVD with user and item biases; the MF baseline of the
 rating-prediction literature), with its default settings and a fixed seed, so two runs print the
-same numbers.
+same numbers. `knn` is scikit-surprise's KNNBaseline, item-based (40 neighbours, pearson-baseline
+similarity) on the baseline residuals. The three come from `data.cf`, which also writes their
+predictions into the prepared examples as evidence.
 """
 
 from __future__ import annotations
@@ -22,18 +24,20 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recone_lite.errors import InputError, ReconeError
+from recone_lite.data import cf
+from recone_lite.errors import InputError
 from recone_lite.log import console
 from recone_lite.metrics import fmt_metric, summarize
-from recone_lite.prepared import is_number, iter_split, read_scale, read_split
+from recone_lite.prepared import iter_split, read_scale, read_split
 
-BASELINES = ("global_mean", "user_mean", "item_mean", "biases", "mf")
+BASELINES = ("global_mean", "user_mean", "item_mean", "biases", "mf", "knn")
 LABELS = {
     "global_mean": "global mean",
     "user_mean": "user mean",
     "item_mean": "item mean",
     "biases": "user+item bias",
     "mf": "biased MF",
+    "knn": "item-kNN",
 }
 FIT_ON = "train targets + train histories (deduplicated)"
 
@@ -41,7 +45,8 @@ Predictor = Callable[[str, str], float]
 
 
 def train_ratings(examples: Iterable[dict[str, Any]]) -> list[tuple[str, str, float]]:
-    """`(user, item, rating)` of every train target and train history interaction, deduplicated.
+    """`(user, item, rating)` of every train target and train history interaction, deduplicated
+    (`data.cf.rated`, without the time).
 
     >>> a, b = {"item_id": "a", "timestamp": 1, "rating": 4.0}, {"item_id": "b", "timestamp": 2}
     >>> train = [{"user_id": "u", **b, "rating": 5.0, "history": [a]},
@@ -50,15 +55,7 @@ def train_ratings(examples: Iterable[dict[str, Any]]) -> list[tuple[str, str, fl
     >>> train_ratings(train)
     [('u', 'a', 4.0), ('u', 'b', 5.0), ('u', 'c', 2.0)]
     """
-    seen: dict[tuple[str, str, Any], float] = {}
-    for example in examples:
-        user = str(example["user_id"])
-        for entry in [*(example.get("history") or []), example]:
-            if is_number(entry.get("rating")) and entry.get("item_id") is not None:
-                seen.setdefault(
-                    (user, str(entry["item_id"]), entry.get("timestamp")), float(entry["rating"])
-                )
-    return [(user, item, rating) for (user, item, _), rating in seen.items()]
+    return [(user, item, rating) for user, item, _, rating in cf.rated(examples)]
 
 
 def _means(ratings: Sequence[tuple[str, str, float]], index: int, default: float) -> Predictor:
@@ -68,41 +65,6 @@ def _means(ratings: Sequence[tuple[str, str, float]], index: int, default: float
         sums[row[index]][1] += 1
     means = {key: total / count for key, (total, count) in sums.items()}
     return lambda user, item: means.get((user, item)[index], default)
-
-
-def _surprise(
-    ratings: Sequence[tuple[str, str, float]],
-    scale: tuple[float, float],
-    make: Callable[[Any], Any],
-) -> Predictor:
-    """Fit the scikit-surprise algorithm `make(surprise)` on the ratings; predictions are clipped
-    to the scale."""
-    try:
-        import pandas as pd
-        import surprise
-    except ImportError as err:
-        raise ReconeError(
-            f"the MF and biases baselines need scikit-surprise ({err}); "
-            "pip install scikit-surprise"
-        ) from None
-
-    frame = pd.DataFrame(ratings, columns=["user", "item", "rating"])
-    reader = surprise.Reader(rating_scale=scale)
-    trainset = surprise.Dataset.load_from_df(frame, reader).build_full_trainset()
-    algo = make(surprise)
-    algo.fit(trainset)
-    return lambda user, item: float(algo.predict(user, item).est)
-
-
-def _mf(
-    ratings: Sequence[tuple[str, str, float]], scale: tuple[float, float], seed: int
-) -> Predictor:
-    return _surprise(ratings, scale, lambda surprise: surprise.SVD(random_state=seed))
-
-
-def _biases(ratings: Sequence[tuple[str, str, float]], scale: tuple[float, float]) -> Predictor:
-    return _surprise(ratings, scale, lambda surprise: surprise.BaselineOnly(
-        bsl_options={"method": "als"}, verbose=False))
 
 
 def fit_baselines(
@@ -123,8 +85,7 @@ def fit_baselines(
         "global_mean": lambda user, item: mean,
         "user_mean": _means(ratings, 0, mean),
         "item_mean": _means(ratings, 1, mean),
-        "biases": _biases(ratings, scale),
-        "mf": _mf(ratings, scale, seed),
+        **cf.fit(ratings, scale, cf.CF_MODELS, seed),  # biases, mf, knn
     }
 
 

@@ -101,6 +101,10 @@ def data_prepare(
     allow_pickle: Annotated[bool, typer.Option(
         help="allow reading pickles (reason4rec); a pickle can run code, so only if trusted")
     ] = False,
+    cf: Annotated[str, typer.Option(
+        help="collaborative evidence added to each example as `cf`: predictions of biases, mf "
+        "(biased MF) and knn (item-kNN), fitted on train, out of fold for train and cold-start "
+        "examples; a comma list, auto (all three; no knn past 20,000 items) or none")] = "auto",
     overwrite: Annotated[bool, typer.Option(help="replace an existing --out folder")] = False,
 ) -> None:
     """Turn raw reviews into train / dev / test / coldstart JSONL and a manifest.json.
@@ -127,7 +131,7 @@ def data_prepare(
         time_cutoff=parse_time_cutoff(time_cutoff) if time_cutoff else None,
         min_history=min_history, rating_scale=parse_scale(rating_scale, "--rating-scale")
         if rating_scale else None,
-        salvage=salvage, skip_bad=skip_bad, allow_pickle=allow_pickle)
+        salvage=salvage, skip_bad=skip_bad, allow_pickle=allow_pickle, cf=cf)
     manifest = prepare(source, reviews, meta, out, options, overwrite=overwrite)
     typer.echo(dumps({"out": str(out), **manifest["counts"]}))
 
@@ -411,6 +415,12 @@ def predict(
         typer.Option(min=1, help="show at most the newest N history items (default: the "
                      "adapter run's data.max_history, else all that fit)"),
     ] = None,
+    cf: Annotated[
+        str | None,
+        typer.Option(help="show these collaborative predictions of the request's `cf` object, "
+                     "a comma list of biases, mf, knn ('' for none; default: the adapter run's "
+                     "data.cf, else none)"),
+    ] = None,
 ) -> None:
     """Predict ratings: JSONL requests in, one JSON line per request out, in input order,
     {id, rating, ok, completion, tokens} (+ truth; ratings and spread with --samples; probs,
@@ -452,7 +462,7 @@ def predict(
         trust_remote_code=trust_remote_code,
         readout=readout,
         prompt={"item_history": item_history, "stats": stats, "system": system,
-                "max_history": max_history},
+                "max_history": max_history, "cf": cf},
         dtype=dtype,
         quantization=quantization,
     )

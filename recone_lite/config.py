@@ -59,6 +59,13 @@ class DataSection(Strict):
     system: Literal["full", "compact"] = Field(
         "full", description="the system prompt: `full` spells each step out (the paper's); "
         "`compact` says the same in ~1/4 of the tokens, for small models and short budgets")
+    cf: list[Literal["biases", "mf", "knn"]] = Field(
+        default_factory=list, description="show these collaborative predictions (prepared as "
+        "`cf`: user+item bias, biased MF, item-kNN; fitted on train, out of fold for train "
+        "examples; docs/data.md) in a cf_predictions line; []: none, the paper's prompt")
+    train_recent: int | None = Field(
+        None, gt=0, description="train on each user's newest N train examples only (the ones "
+        "nearest in time to dev and test; their `cf` is from recency folds)")
 
 
 class LoraSection(Strict):
@@ -76,6 +83,9 @@ class WarmupSection(Strict):
     steps: int = Field(20, gt=0)
     learning_rate: float = Field(5e-4, gt=0)
     batch_size: int = Field(4, gt=0)
+    split: Literal["coldstart", "train"] = Field(
+        "coldstart", description="the pool of the traces: the cold-start split (when prepared), "
+        "or the train examples GRPO draws from (data.train_split, data.train_recent), shuffled")
     teacher: Literal["template", "evidence", "estimate", "mixed"] = Field(
         "template", description="`template`: the tags and the true rating; `evidence`: reasons "
         "from the prompt's evidence to the true rating; `estimate`: the same reasoning ending in "
@@ -136,7 +146,7 @@ class Recipe(Strict):
     model: ModelSpec
     data: DataSection
     lora: LoraSection = LoraSection()
-    rewards: list[Literal["format", "answer", "correct"]] = ["format", "answer"]
+    rewards: list[Literal["format", "answer", "squared", "correct"]] = ["format", "answer"]
     init_adapter: str | None = Field(None, description="start from this adapter (RecOne: SFT)")
     warmup: WarmupSection | None = None
     evaluation: EvalSection = EvalSection()

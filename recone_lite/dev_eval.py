@@ -90,6 +90,8 @@ def evaluate(
         "clipped_ratio": round(clipped / len(samples), 4),
         "histogram": report["histogram"],
         "example": samples[0].text,
+        "predictions": [{"id": e.get("id"), "rating": p, "truth": y}  # per row, for dev-*.jsonl
+                        for e, p, y in zip(examples, predictions, truths, strict=True)],
     }
     if readout == "expected":
         text_report = summarize(texts, truths, data.scale, data.fallback)

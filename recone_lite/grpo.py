@@ -97,8 +97,11 @@ def train(
     if args.max_steps and args.max_steps > 0:  # read and render only the prompts the run reaches
         reach = args.max_steps * prompts_per_step(args)
         needed = reach if needed is None else min(needed, reach)
+    if recipe.warmup and recipe.warmup.split == "train" and needed is not None:
+        needed = max(needed, recipe.warmup.steps * recipe.warmup.batch_size)  # its traces too
     want = {section.train_split: needed, section.eval_split: section.eval_limit}
-    if recipe.warmup and (Path(section.dir) / "coldstart.jsonl").is_file():
+    if recipe.warmup and recipe.warmup.split == "coldstart" and \
+            (Path(section.dir) / "coldstart.jsonl").is_file():
         want["coldstart"] = recipe.warmup.steps * recipe.warmup.batch_size
     data = load_data(section, want, recipe.seed)
     examples, dev = data.splits[section.train_split], data.splits[section.eval_split]

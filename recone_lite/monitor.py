@@ -15,6 +15,7 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import ReconeError
+from recone_lite.jsonl import write_jsonl
 from recone_lite.runs import RunRecord, write_log_history
 from recone_lite.training import prompts_per_step
 
@@ -208,6 +209,9 @@ def make_monitor(
 
         def evaluate(self, step: int) -> dict[str, Any]:
             metrics = evaluate_dev()
+            rows = metrics.pop("predictions", None)
+            if record is not None and rows is not None:  # per-row dev predictions, for paired
+                write_jsonl(record.out / f"dev-step{step}.jsonl", rows)  # comparisons of stages
             self.dev.append({"step": step, **metrics})
             log.info(f"dev @ step {step}: {metrics_line(metrics)}")
             if self.trainer is not None:

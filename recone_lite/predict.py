@@ -46,7 +46,7 @@ from recone_lite.generate import (
 from recone_lite.jsonl import dumps, read_jsonl
 from recone_lite.models import ModelSpec, adapter_config, check_spec, load_model, read_recone_json
 from recone_lite.prepared import is_number, parse_scale, read_scale
-from recone_lite.prompts import TEMPLATES, PromptStyle
+from recone_lite.prompts import CF_LABELS, TEMPLATES, PromptStyle
 from recone_lite.readout import READOUTS, expected_value, scale_values
 from recone_lite.rewards import parse_rating
 from recone_lite.runs import RECIPE_YAML
@@ -358,6 +358,9 @@ def predict(
     if style.system not in ("full", "compact"):
         raise InputError(f"unknown system prompt {style.system!r}; choose full or compact",
                          field="system")
+    if unknown := [name for name in style.cf if name not in CF_LABELS]:
+        raise InputError(f"unknown cf prediction {unknown[0]!r}; choose from "
+                         f"{', '.join(CF_LABELS)}", field="cf")
     if samples < 1 or max_new_tokens < 1 or (batch_size is not None and batch_size < 1):
         raise InputError("--samples, --max-new-tokens and --batch-size must be at least 1")
     if samples > 1 and temperature <= 0:
@@ -604,7 +607,7 @@ def _scale(
     return (1.0, 5.0), "default"
 
 
-PROMPT_KEYS = ("item_history", "stats", "system", "max_history")  # config.DataSection -> style
+PROMPT_KEYS = ("item_history", "stats", "system", "max_history", "cf")  # DataSection -> style
 
 
 def recipe_options(recipe: Any) -> dict[str, Any]:
@@ -615,7 +618,7 @@ def recipe_options(recipe: Any) -> dict[str, Any]:
     >>> from recone_lite.config import load_recipe
     >>> options = recipe_options(load_recipe("cpu-quality"))
     >>> options["model"], options["max_new_tokens"], options["prompt"]["item_history"]
-    ('smollm2-135m-gguf', 96, 5)
+    ('smollm2-135m-gguf', 64, 5)
     """
     section = recipe.data
     return {"model": recipe.model.name, "gguf_file": recipe.model.gguf_file,

@@ -49,6 +49,8 @@ _EVIDENCE = {  # said in the system prompt only when the user message carries th
     "reviews": " target_item_reviews are earlier ratings of target_item by other users.",
     "stats": " rating_stats are average ratings from before: this user's, target_item's and all "
     "users'.",
+    "cf": " cf_predictions are what classical recommenders fitted on earlier ratings predict for "
+    "this user and target_item.",
 }
 _SYSTEM = {
     "reczero": "\n\nThink before you recommend. Answer in exactly four tagged steps, in this "
@@ -83,21 +85,28 @@ assert set(_SYSTEM) == set(TEMPLATE_BLOCKS) == set(_COMPACT)
 @dataclasses.dataclass(frozen=True)
 class PromptStyle:
     """What a prompt shows besides the history and the target: the recipe's `data:` keys
-    `item_history`, `stats`, `system` and `max_history` (see config.DataSection).
+    `item_history`, `stats`, `system`, `max_history` and `cf` (see config.DataSection).
 
     The evidence blocks appear only where the example carries them (`data prepare` writes
-    `item_history` and `stats`); `PromptStyle(item_history=0, stats=False)` is the paper's prompt.
+    `item_history`, `stats` and `cf`); `PromptStyle(item_history=0, stats=False)` is the paper's
+    prompt.
     """
 
     item_history: int = 5
     stats: bool = True
     system: str = "full"
     max_history: int | None = None
+    cf: tuple[str, ...] = ()  # which `cf` predictions to show (data/cf.py CF_MODELS), in order
+
+    def __post_init__(self) -> None:  # a recipe's YAML list, or a comma string from the CLI
+        cf = self.cf.split(",") if isinstance(self.cf, str) else self.cf or ()
+        object.__setattr__(self, "cf", tuple(name.strip() for name in cf if name.strip()))
 
     @classmethod
     def of(cls, section: Any) -> PromptStyle:
         """The style a recipe's `data:` section asks for."""
-        return cls(section.item_history, section.stats, section.system, section.max_history)
+        return cls(section.item_history, section.stats, section.system, section.max_history,
+                   tuple(getattr(section, "cf", ()) or ()))
 
 
 DEFAULT_STYLE = PromptStyle()
@@ -112,7 +121,7 @@ def system_prompt(template: str, style: PromptStyle, lo: str, hi: str, shown: se
     """
     if style.system == "compact":
         return _INPUTS_COMPACT.format(lo=lo, hi=hi) + _COMPACT[template]
-    evidence = "".join(_EVIDENCE[key] for key in ("reviews", "stats") if key in shown)
+    evidence = "".join(_EVIDENCE[key] for key in ("reviews", "stats", "cf") if key in shown)
     return (_INPUTS + evidence + _SYSTEM[template]).format(lo=lo, hi=hi)
 
 
@@ -272,6 +281,23 @@ def stats_text(stats: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0)) -
             + (f" | estimate {estimate:.2f}" if estimate is not None else ""))
 
 
+CF_LABELS = {"biases": "user+item bias", "mf": "MF", "knn": "item-kNN"}  # data/cf.py CF_MODELS
+
+
+def cf_text(cf: dict[str, Any], names: tuple[str, ...]) -> str | None:
+    """The `cf_predictions` line: the named predictions the example carries (2 decimals), in the
+    order asked; None when it carries none of them.
+
+    >>> cf_text({"biases": 3.7112, "mf": 3.84, "knn": 3.9}, ("mf", "knn", "biases"))
+    'MF 3.84 | item-kNN 3.90 | user+item bias 3.71'
+    >>> cf_text({"mf": None}, ("mf",)) is None
+    True
+    """
+    parts = [f"{CF_LABELS.get(name, name)} {float(cf[name]):.2f}" for name in names
+             if isinstance(cf.get(name), (int, float)) and math.isfinite(cf[name])]
+    return " | ".join(parts) or None
+
+
 def build_messages(
     example: dict[str, Any],
     template: str = "reczero",
@@ -339,6 +365,10 @@ estimate 4.10
     if style.stats and isinstance(example.get("stats"), dict):
         blocks.append(f"rating_stats: {stats_text(example['stats'], scale)}")
         shown.add("stats")
+    if style.cf and isinstance(example.get("cf"), dict) and \
+            (line := cf_text(example["cf"], style.cf)):
+        blocks.append(f"cf_predictions: {line}")
+        shown.add("cf")
     blocks.append(f"Predict the rating this user gives target_item, from {lo} to {hi}.")
     return [
         {"role": "system", "content": system_prompt(template, style, lo, hi, shown)},

@@ -25,7 +25,7 @@ from recone_lite.prompts import TEMPLATE_BLOCKS
 
 FORMAT_REWARD = 0.5  # +0.5 for a well-formed answer, -0.5 otherwise
 CORRECT_REWARD = 2.0  # the correctness-only ablation: 2 when round(y_hat) == y
-REWARDS = ("format", "answer", "correct")
+REWARDS = ("format", "answer", "squared", "correct")
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _ANSWER = re.compile(rf"\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?")
@@ -198,6 +198,25 @@ def answer_reward(predicted: float | None, truth: float, scale: tuple[float, flo
     return 1.0 - abs(float(truth) - clip(predicted, scale)) / (float(scale[1]) - float(scale[0]))
 
 
+def squared_reward(predicted: float | None, truth: float, scale: tuple[float, float]) -> float:
+    """1 - (y - clip(y_hat))^2 / (max - min)^2 of the scale; 0 when there is no parsable rating.
+
+    Why beside the paper's: `answer_reward` is linear in |y - y_hat|, so its best answer is the
+    median of the ratings a prompt may have; a squared error is minimised by their mean, which is
+    what RMSE scores (Gneiting 2011). Same range, 1 (exact) to 0 (a whole scale off).
+
+    >>> s = (1.0, 5.0)
+    >>> squared_reward(4.0, 4.0, s), squared_reward(3.0, 4.0, s), squared_reward(5.0, 1.0, s)
+    (1.0, 0.9375, 0.0)
+    >>> squared_reward(3.5, 4.0, s), squared_reward(9.0, 4.0, s), squared_reward(None, 4.0, s)
+    (0.984375, 0.9375, 0.0)
+    """
+    if predicted is None:
+        return 0.0
+    span = float(scale[1]) - float(scale[0])
+    return 1.0 - (float(truth) - clip(predicted, scale)) ** 2 / span**2
+
+
 def correct_reward(predicted: float | None, truth: float, scale: tuple[float, float]) -> float:
     """2 when the clipped prediction rounds (halves up) to the true rating, else 0.
 
@@ -259,6 +278,25 @@ def reward_answer(
     ]
 
 
+def reward_squared(
+    prompts: Any,
+    completions: Sequence[Any],
+    rating: Sequence[float] | None = None,
+    scale: tuple[float, float] = (1.0, 5.0),
+    **columns: Any,
+) -> list[float]:
+    """1 - (y - clip(y_hat))^2 / max_error^2 per completion, 0 where no rating parses.
+
+    >>> reward_squared(None, ["<rate>4</rate>", "<rate>2</rate>", "no idea"], rating=[4, 4, 4])
+    [1.0, 0.75, 0.0]
+    """
+    truths = _truths(rating, completions)
+    return [
+        squared_reward(parse_rating(completion_text(c), scale), y, scale)
+        for c, y in zip(completions, truths, strict=True)
+    ]
+
+
 def reward_correct(
     prompts: Any,
     completions: Sequence[Any],
@@ -281,6 +319,7 @@ def reward_correct(
 _FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "format": reward_format,
     "answer": reward_answer,
+    "squared": reward_squared,
     "correct": reward_correct,
 }
 assert tuple(_FUNCTIONS) == REWARDS

@@ -27,7 +27,7 @@ from typing import Any
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console
 from recone_lite.metrics import percentiles
-from recone_lite.prompts import build_messages, fmt_number, stats_estimate
+from recone_lite.prompts import build_messages, cf_text, fmt_number, stats_estimate
 from recone_lite.rewards import format_ok, parse_rating, round_half_up
 
 TEMPLATE = "reczero"  # RecOne's traces always use the four-step prompt
@@ -337,7 +337,7 @@ def template_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
 
 
 def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 5.0),
-                    rate: str = "truth") -> str:
+                    rate: str = "truth", cf: tuple[str, ...] = ()) -> str:
     """A short four-block answer that reasons from the evidence in the prompt (the user's likes,
     the rating statistics, other users' earlier ratings of the item) and ends in the TRUE rating.
 
@@ -372,6 +372,13 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
 
     >>> evidence_answer(example, rate="rounded").endswith("<rate>4</rate>")
     True
+
+    `cf` names the collaborative predictions the prompt shows (`data.cf`): the match step
+    gathers them instead of the estimate, right before the rating.
+
+    >>> example["cf"] = {"biases": 3.71, "mf": 3.84, "knn": 3.9}
+    >>> evidence_answer(example, cf=("mf", "knn")).splitlines()[-2:]
+    ['<match>MF 3.84, item-kNN 3.90</match>', '<rate>2</rate>']
     """
     liked: Counter[str] = Counter()
     disliked: Counter[str] = Counter()
@@ -399,7 +406,9 @@ def evidence_answer(example: dict[str, Any], scale: tuple[float, float] = (1.0, 
     item += f"; [like] {', '.join(likes)}" if likes else ""
     item += f"; [dislike] {', '.join(dislikes)}" if dislikes else ""
     estimate = stats_estimate(stats, scale) if stats else None
-    match = f"estimate {estimate:.2f}" if estimate is not None else \
+    shown_cf = cf_text(example["cf"], cf) if cf and isinstance(example.get("cf"), dict) else None
+    match = shown_cf.replace(" |", ",") if shown_cf else f"estimate {estimate:.2f}" \
+        if estimate is not None else \
         f"user {mean('user_mean', 'user_count')}, item {mean('item_mean', 'item_count')}"
     rating = fmt_number(example["rating"]) if rate == "truth" or estimate is None else \
         f"{estimate:.2f}" if rate == "estimate" else str(round_half_up(estimate))

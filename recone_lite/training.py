@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import heapq
 import math
 import random
 import statistics
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +88,11 @@ def load_data(section: DataSection, want: dict[str, int | None], seed: int) -> D
     for split, limit in want.items():
         sample = Reservoir(limit, seed)
         examples = (sample.add(e) for e in iter_split(folder, split))
-        if split == section.train_split:
+        if split == section.train_split and section.train_recent and limit != 0:
+            ratings = train_ratings(iter_split(folder, split))
+            collections.deque((sample.add(e) for e in newest_per_user(
+                iter_split(folder, split), section.train_recent)), maxlen=0)
+        elif split == section.train_split:
             ratings = train_ratings(examples)
         else:
             collections.deque(examples, maxlen=0)
@@ -95,6 +101,24 @@ def load_data(section: DataSection, want: dict[str, int | None], seed: int) -> D
         splits[split], sizes[split] = sample.kept, sample.seen
     fallback = statistics.fmean(r for _, _, r in ratings) if ratings else sum(scale) / 2
     return Data(folder, scale, splits, sizes, fallback)
+
+
+def newest_per_user(examples: Iterable[dict[str, Any]], n: int) -> Iterator[dict[str, Any]]:
+    """Each user's newest `n` examples (by timestamp, the later line on a tie), in file order.
+
+    >>> rows = [{"user_id": u, "timestamp": t} for u, t in [("a", 1), ("a", 3), ("b", 1),
+    ...                                                      ("a", 2), ("b", 5)]]
+    >>> [(r["user_id"], r["timestamp"]) for r in newest_per_user(rows, 2)]
+    [('a', 3), ('b', 1), ('a', 2), ('b', 5)]
+    """
+    by_user: dict[str, list[tuple[float, int, dict[str, Any]]]] = collections.defaultdict(list)
+    for index, example in enumerate(examples):  # a heap of the newest n per user: memory ~ n
+        newest = by_user[str(example["user_id"])]
+        heapq.heappush(newest, (float(example.get("timestamp") or 0), index, example))
+        if len(newest) > n:
+            heapq.heappop(newest)
+    kept = sorted((index, example) for rows in by_user.values() for _, index, example in rows)
+    yield from (example for _, example in kept)
 
 
 class Reservoir:

@@ -5,6 +5,7 @@ grpo.py or sft.py so that neither command module imports the other.
 
 from __future__ import annotations
 
+import random
 import re
 import shutil
 from pathlib import Path
@@ -18,7 +19,7 @@ from recone_lite.training import Data, fit, kept_history, render_rows, sft_confi
 
 
 def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float],
-                  teacher: str = "template") -> str:
+                  teacher: str = "template", cf: tuple[str, ...] = ()) -> str:
     """The template teacher's answer in the recipe's template: the four blocks for reczero
     (`traces.template_answer`), the same notes in one `<think>` block for think, the rating alone
     for none. Ends in the true rating, or for the `estimate` teacher in the prompt's estimate
@@ -40,7 +41,7 @@ def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, fl
     """
     answer = template_answer(example, scale) if teacher == "template" else \
         evidence_answer(example, scale, rate=teacher if teacher in ("estimate", "rounded")
-                        else "truth")
+                        else "truth", cf=cf)
     rate = answer[answer.rindex("<rate>"):]
     if template == "none":
         return rate
@@ -84,12 +85,16 @@ def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -
     true rating, in the prompt's estimate, or half in it and half in its rounding) so a tiny
     model emits the tags before GRPO. Not RecOne: no teacher model reasons here."""
     warmup, template = recipe.warmup, recipe.data.template
-    split = "coldstart" if data.splits.get("coldstart") else recipe.data.train_split
-    examples = data.splits[split][: warmup.steps * warmup.batch_size]
+    split = "coldstart" if warmup.split == "coldstart" and data.splits.get("coldstart") \
+        else recipe.data.train_split
+    pool = data.splits[split]
+    if warmup.split == "train":  # the files are sorted by user: shuffle, seeded, to mix users
+        pool = random.Random(recipe.seed).sample(pool, len(pool))
+    examples = pool[: warmup.steps * warmup.batch_size]
     rows = [
         sft_row(rendered.messages,
                 warmup_answer(kept_history(example, rendered), template, data.scale,
-                              trace_teacher(warmup.teacher, index)))
+                              trace_teacher(warmup.teacher, index), tuple(recipe.data.cf)))
         for index, (example, rendered) in enumerate(render_rows(examples, tokenizer, recipe.data,
                                                                 data.scale))
     ]

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from recone_lite import __version__
+from recone_lite.data.cf import add_cf, choose
 from recone_lite.data.records import MAX_SECONDS, MIN_SECONDS, Loaded, ReadState
 from recone_lite.data.sources import loader
 from recone_lite.errors import InputError
@@ -83,6 +84,9 @@ class Options:
     salvage: bool = False
     skip_bad: bool = False
     allow_pickle: bool = False
+    cf: str = "auto"  # collaborative evidence models (data/cf.py): auto, none or a list
+    cf_recent: int = 5  # recency folds of the out-of-fold predictions for train examples
+    cf_folds: int = 5  # random folds of the older train ratings
 
 
 def parse_time(text: str) -> int:
@@ -595,6 +599,7 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
     for given, flag in ((reviews, "--reviews"), (meta, "--meta")):
         if given is not None and not Path(given).exists():
             raise InputError("no such file or folder", path=given, field=flag)
+    choose(options.cf, 0)  # a bad --cf is refused before anything is read
     state = ReadState(salvage=options.salvage, skip_bad=options.skip_bad,
                       allow_pickle=options.allow_pickle)
     loaded = load(Path(reviews) if reviews else None, Path(meta) if meta else None, state)
@@ -655,6 +660,9 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
         examples = _write(tmp_out, rows, target, usable, (lo, hi, available),
                           {"users": table["users"], "items": table["items"]},
                           (meta_offsets, meta_lengths), spill_path, evidence)
+        cf_note = add_cf(tmp_out, [name for name in SPLITS if examples.get(name)], state.scale,
+                         choose(options.cf, int(kept_items.size)), options.cf_recent,
+                         options.cf_folds, options.seed)
         for name in ("train", "dev", "test"):
             if not examples[name]:
                 warn(f"the {name} split is empty; check --time-cutoff, --k-core, --min-history")
@@ -667,6 +675,7 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
             "seed": options.seed,
             "split": "time-cutoff" if options.time_cutoff else "per-user-last",
             "options": asdict(options),
+            "cf": cf_note,
             "counts": {
                 "records": n + sum(state.skipped.values()),
                 "skipped": dict(sorted(state.skipped.items())),
