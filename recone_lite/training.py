@@ -30,6 +30,7 @@ from recone_lite.config import (
 )
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.gpu import (
+    check_vllm_mode,
     check_vllm_quantization,
     check_zero_quantization,
     cuda_available,
@@ -39,6 +40,7 @@ from recone_lite.gpu import (
     is_unsloth,
     log_once,
     precision_settings,
+    vllm_install_problem,
     world_size_from_env,
     zero_stage_from_env,
 )
@@ -165,9 +167,11 @@ def load_trainable(recipe: Recipe) -> tuple[Any, Any]:
         if spec.adapter and spec.adapter != recipe.init_adapter:
             raise InputError("set model.adapter or init_adapter, not both", field="init_adapter")
         spec = spec.model_copy(update={"adapter": recipe.init_adapter})
-    model, tokenizer = load_model(spec, for_training=True, vllm_lora_rank=vllm_lora_rank(recipe))
+    model, tokenizer = load_model(spec, for_training=True, vllm_lora_rank=vllm_lora_rank(recipe),
+                                  vllm_memory=vllm_memory(recipe))
     if recipe.kind == "grpo":  # Unsloth may have failed to load and left transformers + bnb
         check_vllm_quantization(recipe.grpo, recipe.model.quantization, is_unsloth(model))
+        check_vllm_mode(recipe.grpo, is_unsloth(model))
     if spec.adapter:  # models.py loaded it with is_trainable=True
         cfg = model.peft_config.get("default")
         log.info(
@@ -189,6 +193,18 @@ def vllm_lora_rank(recipe: Recipe) -> int | None:
     return recipe.lora.r
 
 
+def vllm_memory(recipe: Recipe) -> float | None:
+    """The GPU share Unsloth's colocated vLLM engine takes: the recipe's
+    `grpo.vllm_gpu_memory_utilization`, else TRL's default, the number `plan` counts (Unsloth's
+    own default, 0.5, would differ from both)."""
+    if recipe.kind != "grpo" or not recipe.grpo.get("use_vllm"):
+        return None
+    share = recipe.grpo.get("vllm_gpu_memory_utilization")
+    if share is None:
+        share = trainer_defaults("grpo")["vllm_gpu_memory_utilization"]
+    return float(share)
+
+
 def check_gpu_path(recipe: Recipe) -> None:
     """The rules a run meets on GPUs, checked before any model loads (a dry run too): no 4-bit
     base under ZeRO-3 (announced by `accelerate launch`), no vLLM rollouts from a 4-bit base
@@ -196,7 +212,14 @@ def check_gpu_path(recipe: Recipe) -> None:
     check_zero_quantization(zero_stage_from_env(), recipe.model.quantization)
     if recipe.kind == "grpo" and cuda_available():
         unsloth = package_version("unsloth") != "not installed"
-        check_vllm_quantization(recipe.grpo, recipe.model.quantization, unsloth)
+        check_vllm_quantization(recipe.grpo, recipe.model.quantization, unsloth, unsloth)
+        check_vllm_mode(recipe.grpo, unsloth)
+        if recipe.grpo.get("use_vllm"):
+            problem = vllm_install_problem(package_version("vllm"),
+                                           package_version("vllm-bnb-plugin"),
+                                           recipe.model.quantization)
+            if problem:
+                raise ReconeError(f"grpo.use_vllm: {problem}")
 
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
