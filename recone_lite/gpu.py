@@ -438,6 +438,29 @@ def zero_stage() -> int | None:
     return stage
 
 
+def adapter_autocast(stage: int | None, quantized: bool) -> bool:
+    """peft's `autocast_adapter_dtype` for a new or continued LoRA adapter: False under ZeRO-3
+    with an unquantized base, so the LoRA weights take the base's dtype (bf16). peft's default
+    (True) makes them fp32, and ZeRO-3 allocates its all-gather buffers in the dtype of the first
+    persistent parameter, so a bf16 base with fp32 LoRA raises a TypeError on the first optimizer
+    step (TRL #6089, DeepSpeed #8072). TRL passes False itself only when TRL builds the PEFT
+    model (trl/trainer/grpo_trainer.py); recone-lite builds it, so it does the same. A quantized
+    base keeps fp32 LoRA (QLoRA's reason for the upcast; ZeRO-3 refuses 4-bit bases anyway).
+
+    >>> [adapter_autocast(stage, quantized=False) for stage in (3, 2, None)]
+    [False, True, True]
+    >>> adapter_autocast(3, quantized=True)
+    True
+    """
+    return not (stage == 3 and not quantized)
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether a loaded model's weights are bitsandbytes 4- or 8-bit."""
+    return bool(getattr(model, "is_loaded_in_4bit", False)
+                or getattr(model, "is_loaded_in_8bit", False))
+
+
 def zero_stage_of_config(path: str | Path) -> int | None:
     """The ZeRO stage an accelerate config file sets (None: not DeepSpeed)."""
     import yaml

@@ -24,10 +24,12 @@ from recone_lite import log
 from recone_lite.errors import InputError, ReconeError, first_line
 from recone_lite.fixtures import smollm2_gguf
 from recone_lite.gpu import (
+    adapter_autocast,
     check_zero_quantization,
     cuda_capability,
     describe_precision,
     device_map,
+    is_quantized,
     load_dtype,
     log_once,
     unsloth_kwargs,
@@ -384,7 +386,10 @@ def _load_adapter(model: Any, spec: ModelSpec, for_training: bool) -> Any:
             f"its shapes fit {spec.name}, loading it there"
         )
     try:
-        model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=for_training)
+        # under ZeRO-3 a continued adapter keeps the base's dtype too (gpu.adapter_autocast)
+        autocast = not for_training or adapter_autocast(zero_stage(), is_quantized(model))
+        model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=for_training,
+                                          autocast_adapter_dtype=autocast)
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch peft found on its own
         raise InputError(
             f"{spec.adapter} does not fit {spec.name}: {first_line(err)}", field="adapter"

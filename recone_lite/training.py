@@ -30,6 +30,7 @@ from recone_lite.config import (
 )
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.gpu import (
+    adapter_autocast,
     check_vllm_mode,
     check_vllm_quantization,
     check_zero_quantization,
@@ -37,11 +38,13 @@ from recone_lite.gpu import (
     cuda_capability,
     describe_precision,
     grpo_layout,
+    is_quantized,
     is_unsloth,
     log_once,
     precision_settings,
     vllm_install_problem,
     world_size_from_env,
+    zero_stage,
     zero_stage_from_env,
 )
 from recone_lite.models import adapter_config, load_model
@@ -278,7 +281,8 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
         )
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+    quantized = is_quantized(model)
+    if quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
         )
@@ -290,7 +294,10 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    autocast = adapter_autocast(zero_stage(), quantized)
+    if not autocast:
+        log.info("adapter: LoRA weights in the base's dtype under ZeRO-3 (TRL #6089)")
+    return get_peft_model(model, config, autocast_adapter_dtype=autocast)
 
 
 def check_trainable(model: Any) -> tuple[int, int]:

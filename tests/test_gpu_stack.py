@@ -101,3 +101,103 @@ def test_vllm_server_mode_is_refused_under_unsloth() -> None:
         check_vllm_mode(recipe.grpo, unsloth=True)
     assert err.value.field == "grpo.vllm_mode" and "colocate" in str(err.value)
     check_vllm_mode(recipe.grpo, unsloth=False)  # TRL's own server mode stays available
+
+
+# --- ZeRO-3 adapters ---------------------------------------------------------------------------
+
+
+def accelerate_env(config: str) -> dict[str, str]:
+    """The environment `accelerate launch --config_file recipes/accelerate/CONFIG.yaml` gives
+    each process, built by accelerate's own launcher code (no DeepSpeed needed to build it)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env
+
+    args = launch_command_parser().parse_args(
+        ["--config_file", str(ROOT / "recipes" / "accelerate" / f"{config}.yaml"),
+         "--num_processes", "2", "train.py"])
+    args, defaults, _ = _validate_launch_command(args)
+    if args.use_deepspeed:  # as accelerate's launch_command sets it before its DeepSpeed launcher
+        args.deepspeed_fields_from_accelerate_config = ",".join(defaults.deepspeed_config)
+        return prepare_deepspeed_cmd_env(args)[1]
+    return prepare_multi_gpu_env(args)
+
+
+def make_llama() -> object:
+    """A real 2-layer Llama in bf16, the base dtype of a ZeRO-3 run."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return LlamaForCausalLM(config).to(torch.bfloat16)
+
+
+@pytest.fixture()
+def bf16_llama() -> object:
+    return make_llama()
+
+
+def lora_dtypes(model: object) -> set[str]:
+    return {str(p.dtype).removeprefix("torch.") for n, p in model.named_parameters()
+            if "lora_" in n}
+
+
+@pytest.mark.parametrize("config, want", [("zero3", {"bfloat16"}), ("zero2", {"float32"}),
+                                          ("ddp", {"float32"})])
+def test_lora_takes_the_base_dtype_under_zero3(config: str, want: set[str], bf16_llama: object,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter `train` builds in a process launched with each packaged accelerate config:
+    under ZeRO-3 the LoRA weights are bf16 like the base (mixed bf16/fp32 raises in ZeRO-3's
+    first optimizer step, TRL #6089); elsewhere peft's fp32 upcast stays."""
+    from recone_lite.gpu import zero_stage
+    from recone_lite.training import add_lora
+
+    env = accelerate_env(config)
+    assert (env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3") == (config == "zero3")
+    for key, value in env.items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    assert zero_stage() == (3 if config == "zero3" else 2 if config == "zero2" else None)
+    recipe = load_recipe("cpu-demo", ["lora.r=4", "lora.target_modules=[q_proj,v_proj]"])
+    model = add_lora(bf16_llama, recipe)
+    assert lora_dtypes(model) == want
+    assert {str(p.dtype) for n, p in model.named_parameters() if "lora_" not in n} == \
+        {"torch.bfloat16"}
+
+
+def test_a_continued_adapter_takes_the_base_dtype_under_zero3(
+        bf16_llama: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`init_adapter` (SFT -> GRPO) loads a saved adapter for training: bf16 under ZeRO-3 too."""
+    from peft import LoraConfig, get_peft_model
+
+    from recone_lite.models import ModelSpec, _load_adapter
+
+    saved = get_peft_model(bf16_llama, LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                  task_type="CAUSAL_LM"))
+    saved.save_pretrained(tmp_path / "adapter")
+    spec = ModelSpec(name="tiny", adapter=str(tmp_path / "adapter"))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert lora_dtypes(_load_adapter(make_llama(), spec, for_training=True)) == {"float32"}
+    for key, value in accelerate_env("zero3").items():
+        if key.startswith("ACCELERATE_"):
+            monkeypatch.setenv(key, value)
+    model = _load_adapter(make_llama(), spec, for_training=True)
+    assert lora_dtypes(model) == {"bfloat16"}
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_deepspeed_reads_zero3_from_the_packaged_config(bf16_llama: object) -> None:
+    """With DeepSpeed installed: transformers' own ZeRO-3 switch (what TrainingArguments sets
+    from a DeepSpeed config, without accelerate's environment) also gives bf16 LoRA. Skipped
+    where DeepSpeed is not installed (it is not a recone-lite dependency)."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed not installed: config check not run")
+    from transformers.integrations import HfDeepSpeedConfig
+
+    from recone_lite.gpu import adapter_autocast, zero_stage, zero_stage_of_config
+
+    stage = zero_stage_of_config(ROOT / "recipes" / "accelerate" / "zero3.yaml")
+    assert stage == 3
+    keep = HfDeepSpeedConfig({"zero_optimization": {"stage": stage},  # noqa: F841 (weakref)
+                              "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}})
+    assert zero_stage() == 3 and adapter_autocast(zero_stage(), quantized=False) is False
