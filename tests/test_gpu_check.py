@@ -259,3 +259,31 @@ def test_failing_rows_on_the_gpu_target(gpu_check: types.ModuleType, tmp_path: P
     cpu = gpu_check.Check(gpu_check.parse_args(["--cpu", "--strict", "--work", str(tmp_path)]))
     cpu.env, cpu.rows = {"cuda": False}, list(rows)
     assert not cpu.failures()  # the rehearsal is never the target
+
+
+def test_bundle_pins_sit_in_the_projects_lattice() -> None:
+    """bench/gpu_bundle.sh's pinned wheels satisfy pyproject.toml's own requirements (a bundle
+    that drifted from the lattice would test another stack than the one users install), and
+    the script parses. Building it needs PyPI: docs/recipes.md has the measured run."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    script = (ROOT / "bench" / "gpu_bundle.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_bundle.sh")]).returncode == 0
+    block = re.search(r"^PACKAGES=\((.*?)^\)", script, re.M | re.S).group(1)
+    pins = dict(re.findall(r"([A-Za-z0-9_.-]+)==([\w.]+)", block))
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    wanted = [Requirement(x) for x in re.findall(r'^\s*"([^"]+)",?(?:\s*#.*)?$', pyproject, re.M)]
+    wanted += [Requirement(x) for x in re.findall(r'"(unsloth[^"]*)"', pyproject)]
+    pinned = {norm(name): version for name, version in pins.items()}
+    checked = 0
+    for req in wanted:
+        if norm(req.name) in pinned:
+            assert req.specifier.contains(pinned[norm(req.name)]), (req, pinned[norm(req.name)])
+            checked += 1
+    assert checked >= 7  # trl, datasets, bitsandbytes, gguf, pydantic, unsloth, unsloth_zoo
+    for needed in ("trl", "datasets", "pydantic", "pydantic-core", "bitsandbytes", "unsloth",
+                   "unsloth-zoo", "dill", "multiprocess"):
+        assert needed in pinned, needed
