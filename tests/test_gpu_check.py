@@ -184,18 +184,18 @@ def test_gpu_rows(gpu_check: types.ModuleType, tmp_path: Path,
 
 def _interpreter_without(tmp_path: Path, hidden: tuple[str, ...]) -> Path:
     """A real interpreter that lacks `hidden`: this Python run with `-S` (no site-packages) and a
-    folder that links every entry of its site-packages but those packages (and their
+    folder that links every entry of its site-packages folders but those packages (and their
     dist-info). Nothing is faked inside: `import trl` fails there as on a bare machine."""
-    import sysconfig
-
-    packages = Path(sysconfig.get_paths()["purelib"])
+    folders = [Path(x) for x in sys.path
+               if x.rstrip("/").endswith(("site-packages", "dist-packages")) and Path(x).is_dir()]
     view = tmp_path / "site-view"
     view.mkdir()
-    for entry in packages.iterdir():
-        stem = entry.name.split("-")[0].split(".")[0].lower()
-        if stem in hidden or entry.suffix == ".pth":
-            continue
-        (view / entry.name).symlink_to(entry)
+    for folder in folders:  # in sys.path order: the first of a name wins, as in imports
+        for entry in folder.iterdir():
+            stem = entry.name.split("-")[0].split(".")[0].lower()
+            if stem in hidden or entry.suffix == ".pth" or (view / entry.name).exists():
+                continue
+            (view / entry.name).symlink_to(entry)
     wrapper = tmp_path / "python-without"
     wrapper.write_text(
         f'#!/bin/sh\nPYTHONPATH="{view}:$PYTHONPATH" exec {sys.executable} -S "$@"\n')
