@@ -19,7 +19,10 @@ timeout, on files this script makes itself (nothing from the hub, nothing outsid
     predict vllm    the same with `--backend vllm`, when vllm is installed
 
 Run it from the repository root on the GPU machine (the Python environment there is whatever is
-installed; a missing package is a row `skipped: <package> not installed`, not a crash):
+installed, plus the carried bundle, bench/gpu_bundle.sh). On the GPU target (a CUDA device seen,
+or --strict, which gpu_check.sh passes) a missing package, a failed import, a kernel row other
+than `yes` or a step not reached is a failure and the exit code 1; without CUDA and without
+--strict, and under --cpu, a missing package is a row `skipped: <package> not installed`:
 
     bash bench/gpu_check.sh                    # table on stdout and in $OUT/gpu_check.md
     python bench/gpu_check.py --budget 300     # the same, a smaller total time budget
@@ -46,7 +49,6 @@ import os
 import platform
 import random
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -87,11 +89,21 @@ CPU_GRPO = ["grpo.per_device_train_batch_size=4", "grpo.gradient_accumulation_st
 CPU_SFT = ["sft.per_device_train_batch_size=2", "sft.gradient_accumulation_steps=1",
            "evaluation.max_new_tokens=8", "data.eval_limit=2", "evaluation.batch_size=2"]
 PREDICT_TOKENS = {"gpu": 64, "cpu": 8}
+# On the GPU target (a CUDA device seen, or --strict) these must import, Unsloth first as it
+# asks to be; a missing one or a failed import is a failure there, never a skip. vLLM is not
+# among them: its wheel is far over the 64 MiB a device call carries (bench/gpu_bundle.sh), so
+# its row is `not run` unless the machine has it.
+GPU_REQUIRED = [("unsloth", "unsloth"), ("unsloth_zoo", "unsloth_zoo"),
+                ("bitsandbytes", "bitsandbytes"), ("trl", "trl"), ("datasets", "datasets"),
+                ("pydantic", "pydantic"), ("peft", "peft"), ("transformers", "transformers")]
+BUNDLE = "bench/gpu_bundle.sh builds the carried bundle (docs/recipes.md)"
 
-# seconds: (at most, at least) per step; the total budget trims the later ones
-CAPS = {"environment": (90, 10), "tiny model": (150, 20), "grpo": (210, 60), "sft": (150, 45),
-        "grpo from sft": (180, 60), "export": (120, 30), "predict hf": (90, 30),
-        "predict vllm": (150, 60)}
+# seconds: (at most, at least) per step; the total budget (480 s by default, so one device call
+# of 600 s holds it with room to pack the results) trims the later ones. Not yet timed on a GPU:
+# the caps are estimates for a 2-layer model (Unsloth's first step compiles, ~30-90 s).
+CAPS = {"environment": (90, 10), "tiny model": (60, 15), "grpo": (150, 45), "sft": (90, 30),
+        "grpo from sft": (120, 45), "export": (60, 20), "predict hf": (60, 20),
+        "predict vllm": (90, 45)}
 KERNEL_STEPS = {"grpo": "music-grpo", "sft": "music-sft", "grpo from sft": "music-recone"}
 
 # --- the tiny model's shape -----------------------------------------------------------------------
@@ -471,7 +483,12 @@ def env_info() -> dict[str, Any]:
 
     info["torch_cuda"] = torch.version.cuda
     info["cuda"] = torch.cuda.is_available()
+    bundle = ROOT / ".gpu-bundle" / "site" / "BUNDLE.txt"
+    if bundle.is_file() and any(Path(x).resolve() == bundle.parent.resolve()
+                                for x in sys.path if x):
+        info["bundle"] = bundle.read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
     if info["cuda"]:
+        info["imports"] = try_imports(GPU_REQUIRED)
         from recone_lite.gpu import cuda_capability, describe_precision, load_dtype
 
         capability = cuda_capability()
@@ -483,6 +500,23 @@ def env_info() -> dict[str, Any]:
     else:
         info["precision"] = "fp32 (CPU)"
     return info
+
+
+def try_imports(modules: list[tuple[str, str]]) -> dict[str, str]:
+    """`{module: "ok" or the error's first line}`, imported in order (Unsloth first: it patches
+    transformers, peft and trl and warns when imported after them). Only on CUDA: without a GPU
+    `import unsloth` raises by design."""
+    import importlib
+
+    done = {}
+    for module, _ in modules:
+        try:
+            importlib.import_module(module)
+            done[module] = "ok"
+        except BaseException as err:  # noqa: BLE001  (SystemExit too: report, never crash)
+            first = (str(err).strip().splitlines() or [""])[0]
+            done[module] = f"{type(err).__name__}: {first}"[:300]
+    return done
 
 
 def child_main(argv: list[str]) -> int:
@@ -559,6 +593,22 @@ class Check:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
+    @property
+    def strict(self) -> bool:
+        """On the GPU target (a CUDA device seen, or --strict) a missing package, a failed
+        import, a kernel row other than yes or a step not reached is a failure; the CPU
+        rehearsal and a plain run without CUDA keep their skips."""
+        return not self.args.cpu and (self.args.strict or bool(self.env.get("cuda")))
+
+    def failing(self, row: Row) -> bool:
+        word = row.status.split(":")[0].strip()
+        if word in ("fail", "timeout"):
+            return True
+        return self.strict and word in ("no", "partial", "skipped")
+
+    def failures(self) -> list[Row]:
+        return [r for r in self.rows if self.failing(r)]
+
     # -- children --
 
     def run(self, name: str, argv: list[str]) -> Child:
@@ -617,6 +667,8 @@ class Check:
         have = self.env.get("packages", {})
         for module, dist in packages:
             if have.get(module) is None:
+                if self.strict:
+                    return f"fail: {dist} not installed on the GPU target ({BUNDLE})"
                 return f"skipped: {dist} not installed"
         return None
 
@@ -628,7 +680,8 @@ class Check:
             return reason
         if cuda and not self.args.cpu and not self.env.get("cuda"):
             torch = self.env.get("packages", {}).get("torch")
-            return f"skipped: no CUDA device (torch {torch}; --cpu rehearses the steps on CPU)"
+            word = "fail" if self.strict else "skipped"
+            return f"{word}: no CUDA device (torch {torch}; --cpu rehearses the steps on CPU)"
         for earlier in after:
             if not self.done.get(earlier):
                 return f"skipped: needs {earlier}"
@@ -655,25 +708,52 @@ class Check:
         return "\n".join(lines)
 
     def header(self) -> str:
+        target = "CPU rehearsal" if self.args.cpu else "GPU target" if self.strict else \
+            "no CUDA (GPU steps skipped)"
         return (f"GPU check {time.strftime('%Y-%m-%d %H:%M %Z')}, commit {git_commit()}, "
-                f"{'CPU rehearsal, ' if self.args.cpu else ''}"
-                f"{time.monotonic() - self.start:.0f} s of a {self.args.budget:.0f} s budget")
+                f"{target}, {time.monotonic() - self.start:.0f} s of a "
+                f"{self.args.budget:.0f} s budget")
+
+    def verdict(self) -> str:
+        """One line: PASSED, or FAILED with each failing row and its reason."""
+        bad = self.failures()
+        if self.stopped:
+            return "gpu_check: FAILED: the check was stopped before its end"
+        if not bad:
+            return "gpu_check: PASSED" + ("" if self.strict or self.args.cpu else
+                                          " (no CUDA: the GPU steps were skipped, not run)")
+        return "gpu_check: FAILED: " + "; ".join(
+            f"{r.step}: {r.status}" + (f" ({r.detail[:200]})" if ":" not in r.status else "")
+            for r in bad)
 
     def write(self) -> None:
         self.results.mkdir(parents=True, exist_ok=True)
-        text = f"{self.header()}\n\n{self.table()}\n"
+        text = f"{self.header()}\n\n{self.table()}\n\n{self.verdict()}\n"
         (self.results / "gpu_check.md").write_text(text, encoding="utf-8")
         (self.results / "gpu_check.json").write_text(json.dumps(
-            {"header": self.header(), "rows": [dataclasses.asdict(r) for r in self.rows],
+            {"header": self.header(), "verdict": self.verdict(), "strict": self.strict,
+             "failing": [r.step for r in self.failures()],
+             "rows": [dataclasses.asdict(r) for r in self.rows],
              "environment": self.env, "model": self.setup, "work": str(self.work)}, indent=1),
             encoding="utf-8")
 
-    def copy_logs(self) -> None:
-        """The step logs beside the table when $OUT collects them (a device run brings $OUT
-        back), never into the repository's bench/results."""
-        if self.results.resolve() != (ROOT / "bench" / "results").resolve():
-            shutil.copytree(self.work / "logs", self.results / "gpu_check_logs",
-                            dirs_exist_ok=True)
+    def pack_logs(self) -> Path | None:
+        """The step logs, probes and the runs' run.json / recipe.yaml in ONE gzipped tar beside
+        the table (a device call brings back at most 8 files: gpu_check.md, gpu_check.json and
+        gpu_check_logs.tar.gz are three); never into the repository's bench/results."""
+        if self.results.resolve() == (ROOT / "bench" / "results").resolve():
+            return None
+        import tarfile
+
+        target = self.results / "gpu_check_logs.tar.gz"
+        with tarfile.open(target, "w:gz") as tar:
+            for path in sorted(self.work.rglob("*")):
+                rel = path.relative_to(self.work)
+                keep = rel.parts[0] == "logs" or (
+                    rel.parts[0] == "runs" and path.name in ("run.json", "recipe.yaml"))
+                if keep and path.is_file():
+                    tar.add(path, arcname=str(Path("gpu_check_logs") / rel))
+        return target
 
 
 def slug(name: str) -> str:
@@ -756,9 +836,28 @@ def step_environment(c: Check) -> None:
     names = ["torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo",
              "vllm", "triton", "xformers", "flash_attn"]
     versions = ", ".join(f"{n} {p.get(n) or '-'}" for n in names)
+    bundle = f"; bundle: {c.env['bundle']}" if c.env.get("bundle") else "; no bundle"
     c.done["environment"] = True
     c.add(Row("environment", "ok", child.seconds, None,
-              f"python {c.env['python']}; {gpu}; {versions}"))
+              f"python {c.env['python']}; {gpu}; {versions}{bundle}"))
+    if c.strict:
+        imports_row(c)
+
+
+def imports_row(c: Check) -> None:
+    """On the GPU target: every package of GPU_REQUIRED installed and importing (the env child
+    imported them, Unsloth first). One row, failed with each missing or broken one named."""
+    packages, imports = c.env.get("packages", {}), c.env.get("imports") or {}
+    bad = [f"{dist} not installed" for module, dist in GPU_REQUIRED if packages.get(module) is None]
+    bad += [f"import {module}: {imports[module]}" for module, _ in GPU_REQUIRED
+            if packages.get(module) is not None and imports.get(module, "ok") != "ok"]
+    if not c.env.get("cuda"):
+        bad.insert(0, "no CUDA device")
+    if bad:
+        c.add(Row("imports", "fail", None, None, f"{'; '.join(bad)} ({BUNDLE})"))
+    else:
+        c.add(Row("imports", "ok", None, None,
+                  "imported " + ", ".join(m for m, _ in GPU_REQUIRED) + " (Unsloth first)"))
 
 
 def step_model(c: Check) -> None:
@@ -858,7 +957,8 @@ def kernel_row(c: Check, name: str, probe: dict[str, Any]) -> None:
 
 def kernel_skip(c: Check) -> str | None:
     if c.env.get("packages", {}).get("unsloth") is None:
-        return "skipped: unsloth not installed"
+        return f"fail: unsloth not installed ({BUNDLE})" if c.strict else \
+            "skipped: unsloth not installed"
     if c.args.cpu or not c.env.get("cuda"):
         return "skipped: Unsloth needs CUDA"
     return None
@@ -941,10 +1041,13 @@ def step_export(c: Check) -> None:
 
 def step_predict(c: Check, backend: str) -> None:
     name = f"predict {backend}"
-    needs = CORE + ([("vllm", "vllm")] if backend == "vllm" else [])
-    reason = c.gate(name, needs, after=("export",))
-    if backend == "vllm" and c.args.cpu and not reason:
-        reason = "skipped: vLLM needs CUDA"
+    reason = c.gate(name, CORE, after=("export",))
+    if backend == "vllm" and not reason:
+        if c.args.cpu:
+            reason = "skipped: vLLM needs CUDA"
+        elif c.env.get("packages", {}).get("vllm") is None:
+            # optional, on purpose: vLLM's wheel is far over what a device call carries
+            reason = "not run: vllm not installed (optional; too large for the carried bundle)"
     if reason:
         c.add(Row(name, reason))
         return
@@ -974,7 +1077,7 @@ STEP_NAMES = ["environment", "tiny model", "grpo", "sft", "grpo from sft", "expo
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--budget", type=float, default=540,
+    p.add_argument("--budget", type=float, default=480,
                    help="seconds for the whole check; each step also has its own cap")
     p.add_argument("--cap", action="append", default=[], metavar="STEP=SECONDS",
                    help=f"a step's time cap (steps: {', '.join(CAPS)})")
@@ -992,6 +1095,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated steps to run (environment and tiny model always run; "
                    "a step whose input was not made is skipped)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the child steps")
+    p.add_argument("--strict", action="store_true",
+                   help="this machine is the GPU target: no CUDA, a missing package, a failed "
+                   "import, a kernel row other than yes or a step not reached is a failure "
+                   "(on by default when CUDA is seen; bench/gpu_check.sh passes it)")
     args = p.parse_args(argv)
     caps = {}
     for item in args.cap:
@@ -1029,11 +1136,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         check.write()
         with contextlib.suppress(OSError):
-            check.copy_logs()
+            check.pack_logs()
     print(f"{check.header()}\n\n{check.table()}\n")
     print(f"table: {check.results / 'gpu_check.md'}; logs: {check.work / 'logs'}",
           file=sys.stderr)
-    return 1 if check.stopped or any(r.status in ("fail", "timeout") for r in check.rows) else 0
+    print(check.verdict(), file=sys.stderr)
+    return 1 if check.stopped or check.failures() else 0
 
 
 if __name__ == "__main__":

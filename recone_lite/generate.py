@@ -22,10 +22,11 @@ from typing import Any, NamedTuple
 from recone_lite import log
 from recone_lite import readout as readouts
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.gpu import VLLM_LORA_RANKS, cuda_available
+from recone_lite.gpu import VLLM_LORA_RANKS, cuda_available, vllm_install_problem
 from recone_lite.models import ModelSpec, adapter_config, check_spec
 from recone_lite.openai_client import redact, stream_chat_completions
 from recone_lite.prompts import DEFAULT_STYLE, PromptStyle, build_messages, render_prompt
+from recone_lite.versions import package_version
 
 
 class Sample(NamedTuple):
@@ -312,6 +313,10 @@ def vllm_backend(
     check_spec(spec)
     if spec.quantization == "8bit":
         raise InputError("vLLM quantizes in flight to 4-bit only", field="quantization")
+    problem = vllm_install_problem(package_version("vllm"), package_version("vllm-bnb-plugin"),
+                                   spec.quantization)
+    if problem:  # names the missing piece (the plugin for 4-bit on vLLM >= 0.28), not Unsloth
+        raise ReconeError(problem)
     folder, gguf = spec.source()
     kwargs: dict[str, Any] = {}
     lora = None

@@ -258,35 +258,132 @@ def vllm_settings(values: Mapping[str, Any], max_seq_length: int) -> dict[str, A
     return {"vllm_max_model_length": max_seq_length}
 
 
-def check_vllm_quantization(values: Mapping[str, Any], quantization: str, unsloth: bool) -> None:
-    """Refuse vLLM rollouts from a 4-bit base without Unsloth: TRL would merge the LoRA into
-    bitsandbytes layers at every weight sync (shape assertions or re-quantization drift; TRL
-    #3654, #4973, #3466). Unsloth serves them from the same 4-bit weights (`fast_inference`).
+# TRL 1.14.2 accepts these vLLM versions (trl/import_utils.py `is_vllm_available` warns outside
+# them); vLLM 0.28 moved bitsandbytes out of tree into `vllm-bnb-plugin` (unsloth_zoo
+# vllm_utils.py imports `vllm.model_executor.layers.quantization.bitsandbytes` for <= 0.27.1 and
+# `vllm_bnb_plugin.bitsandbytes` for >= 0.28). pyproject's `vllm` extra pins >=0.20.0,<0.28.
+TRL_VLLM_RANGE = ("0.20.0", "0.30.0")
+VLLM_BNB_PLUGIN_FROM = "0.28.0"
+
+
+def vllm_install_problem(vllm: str, plugin: str, quantization: str) -> str | None:
+    """What is wrong with the installed vLLM for TRL 1.14.2 and a `quantization` base, naming
+    the missing piece; None when nothing is. `vllm` / `plugin`: installed versions of vllm and
+    vllm-bnb-plugin, or "not installed".
+
+    >>> vllm_install_problem("0.27.1", "not installed", "4bit") is None
+    True
+    >>> vllm_install_problem("not installed", "not installed", "none")
+    "vllm is not installed: pip install 'recone-lite[vllm]' (vLLM 0.20.0-0.27.x)"
+    >>> vllm_install_problem("0.33.0", "not installed", "none")[:60]
+    "vllm 0.33.0 is outside TRL 1.14.2's supported 0.20.0-0.30.0:"
+    >>> vllm_install_problem("0.29.0", "not installed", "4bit")[:72]
+    'vllm 0.29.0 keeps bitsandbytes (4-bit bases) in the separate vllm-bnb-pl'
+    >>> vllm_install_problem("0.29.0", "0.0.3", "4bit") is None
+    True
+    """
+    from packaging.version import InvalidVersion, Version
+
+    fix = "pip install 'recone-lite[vllm]' (vLLM 0.20.0-0.27.x)"
+    if vllm == "not installed":
+        return f"vllm is not installed: {fix}"
+    try:
+        version = Version(vllm)
+    except InvalidVersion:
+        return None
+    low, high = TRL_VLLM_RANGE
+    if not Version(low) <= Version(version.base_version) <= Version(high):
+        return f"vllm {vllm} is outside TRL 1.14.2's supported {low}-{high}: {fix}"
+    if quantization == "4bit" and version >= Version(VLLM_BNB_PLUGIN_FROM) \
+            and plugin == "not installed":
+        return (f"vllm {vllm} keeps bitsandbytes (4-bit bases) in the separate vllm-bnb-plugin "
+                f"package, which is not installed: pip install vllm-bnb-plugin, or {fix}")
+    return None
+
+
+def check_vllm_quantization(values: Mapping[str, Any], quantization: str, unsloth: bool,
+                            unsloth_installed: bool | None = None) -> None:
+    """Refuse vLLM rollouts from a quantized base that cannot work. 4-bit without Unsloth: TRL
+    would merge the LoRA into bitsandbytes layers at every weight sync (shape assertions or
+    re-quantization drift; TRL #3654, #4973, #3466); Unsloth serves them from the same 4-bit
+    weights (`fast_inference`). 8-bit never: vLLM quantizes bitsandbytes weights in flight to
+    4-bit only, and Unsloth's fast_inference takes `load_in_8bit` as FP8 (unsloth_zoo
+    vllm_utils.py, `load_in_8bit = is_fp8`). `unsloth`: the model is (or will be) Unsloth's;
+    `unsloth_installed` (default: whether it imports from here) picks the message.
 
     >>> check_vllm_quantization({"use_vllm": True}, "4bit", unsloth=True)
-    >>> check_vllm_quantization({"use_vllm": True}, "4bit", unsloth=False)
+    >>> check_vllm_quantization({"use_vllm": True}, "4bit", unsloth=False, unsloth_installed=False)
     Traceback (most recent call last):
     ...
     recone_lite.errors.InputError: grpo.use_vllm: vLLM rollouts from a 4bit base need Unsloth \
 (pip install 'recone-lite[gpu]'); or set model.quantization=none, or grpo.use_vllm=false
+    >>> check_vllm_quantization({"use_vllm": True}, "4bit", unsloth=False, unsloth_installed=True)
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: grpo.use_vllm: vLLM rollouts from a 4bit base need the model \
+loaded by Unsloth, which is installed but did not load it (its warning above says why); or set \
+model.quantization=none, or grpo.use_vllm=false
+    >>> check_vllm_quantization({"use_vllm": True}, "8bit", unsloth=True)
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: model.quantization: vLLM rollouts cannot share an 8-bit base: \
+vLLM quantizes bitsandbytes weights in flight to 4-bit only, and Unsloth's fast_inference reads \
+8-bit as FP8; set model.quantization=4bit or none, or grpo.use_vllm=false
     """
-    if values.get("use_vllm") and quantization != "none" and not unsloth:
+    if not values.get("use_vllm") or quantization == "none":
+        return
+    if quantization == "8bit":
         raise InputError(
-            f"vLLM rollouts from a {quantization} base need Unsloth (pip install "
-            "'recone-lite[gpu]'); or set model.quantization=none, or grpo.use_vllm=false",
-            field="grpo.use_vllm")
+            "vLLM rollouts cannot share an 8-bit base: vLLM quantizes bitsandbytes weights in "
+            "flight to 4-bit only, and Unsloth's fast_inference reads 8-bit as FP8; set "
+            "model.quantization=4bit or none, or grpo.use_vllm=false", field="model.quantization")
+    if unsloth:
+        return
+    if unsloth_installed is None:
+        import importlib.util
+
+        unsloth_installed = importlib.util.find_spec("unsloth") is not None
+    need = ("the model loaded by Unsloth, which is installed but did not load it (its warning "
+            "above says why)") if unsloth_installed else "Unsloth (pip install 'recone-lite[gpu]')"
+    raise InputError(f"vLLM rollouts from a {quantization} base need {need}; or set "
+                     "model.quantization=none, or grpo.use_vllm=false", field="grpo.use_vllm")
+
+
+def check_vllm_mode(values: Mapping[str, Any], unsloth: bool) -> None:
+    """Refuse `vllm_mode: server` when Unsloth trains: Unsloth's GRPO patch sets
+    `vllm_mode='colocate'` and generates with its own engine in the training process
+    (unsloth/models/rl.py), so the server would never be asked and `plan`, which counts no vLLM
+    memory on the training GPU in server mode, would be wrong.
+
+    >>> check_vllm_mode({"use_vllm": True, "vllm_mode": "server"}, unsloth=False)
+    >>> check_vllm_mode({"use_vllm": True, "vllm_mode": "colocate"}, unsloth=True)
+    >>> check_vllm_mode({"use_vllm": True, "vllm_mode": "server"}, unsloth=True)
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: grpo.vllm_mode: Unsloth runs vLLM colocated in the training \
+process (it sets vllm_mode='colocate' and ignores a server); set grpo.vllm_mode=colocate and size \
+it with grpo.vllm_gpu_memory_utilization
+    """
+    if values.get("use_vllm") and values.get("vllm_mode") == "server" and unsloth:
+        raise InputError(
+            "Unsloth runs vLLM colocated in the training process (it sets "
+            "vllm_mode='colocate' and ignores a server); set grpo.vllm_mode=colocate and size "
+            "it with grpo.vllm_gpu_memory_utilization", field="grpo.vllm_mode")
 
 
 def unsloth_kwargs(*, name: str, max_seq_length: int, dtype: Any, quantization: str,
-                   trust_remote_code: bool = False, vllm_lora_rank: int | None = None) -> dict:
+                   trust_remote_code: bool = False, vllm_lora_rank: int | None = None,
+                   vllm_memory: float | None = None) -> dict:
     """Keyword arguments of Unsloth's `FastLanguageModel.from_pretrained`. With vLLM rollouts
     (`vllm_lora_rank`: the adapter's rank), Unsloth starts its own vLLM engine on the same
     weights (`fast_inference`) sized for that LoRA rank, and TRL's trainer reuses it.
+    `vllm_memory` is the recipe's `grpo.vllm_gpu_memory_utilization` (what `plan` counts):
+    Unsloth sizes its engine with `gpu_memory_utilization`, its own default 0.5 when not passed.
 
     >>> kw = unsloth_kwargs(name="m", max_seq_length=2304, dtype=None, quantization="4bit",
-    ...                     vllm_lora_rank=16)
-    >>> kw["load_in_4bit"], kw["fast_inference"], kw["max_lora_rank"]
-    (True, True, 16)
+    ...                     vllm_lora_rank=16, vllm_memory=0.3)
+    >>> kw["load_in_4bit"], kw["fast_inference"], kw["max_lora_rank"], kw["gpu_memory_utilization"]
+    (True, True, 16, 0.3)
     >>> "fast_inference" in unsloth_kwargs(name="m", max_seq_length=8, dtype=None,
     ...                                    quantization="none")
     False
@@ -301,6 +398,8 @@ def unsloth_kwargs(*, name: str, max_seq_length: int, dtype: Any, quantization: 
     }
     if vllm_lora_rank is not None:
         kwargs.update(fast_inference=True, max_lora_rank=vllm_lora_rank)
+        if vllm_memory is not None:
+            kwargs["gpu_memory_utilization"] = vllm_memory
     return kwargs
 
 
@@ -337,6 +436,29 @@ def zero_stage() -> int | None:
         except ImportError:  # an older transformers layout
             stage = None
     return stage
+
+
+def adapter_autocast(stage: int | None, quantized: bool) -> bool:
+    """peft's `autocast_adapter_dtype` for a new or continued LoRA adapter: False under ZeRO-3
+    with an unquantized base, so the LoRA weights take the base's dtype (bf16). peft's default
+    (True) makes them fp32, and ZeRO-3 allocates its all-gather buffers in the dtype of the first
+    persistent parameter, so a bf16 base with fp32 LoRA raises a TypeError on the first optimizer
+    step (TRL #6089, DeepSpeed #8072). TRL passes False itself only when TRL builds the PEFT
+    model (trl/trainer/grpo_trainer.py); recone-lite builds it, so it does the same. A quantized
+    base keeps fp32 LoRA (QLoRA's reason for the upcast; ZeRO-3 refuses 4-bit bases anyway).
+
+    >>> [adapter_autocast(stage, quantized=False) for stage in (3, 2, None)]
+    [False, True, True]
+    >>> adapter_autocast(3, quantized=True)
+    True
+    """
+    return not (stage == 3 and not quantized)
+
+
+def is_quantized(model: Any) -> bool:
+    """Whether a loaded model's weights are bitsandbytes 4- or 8-bit."""
+    return bool(getattr(model, "is_loaded_in_4bit", False)
+                or getattr(model, "is_loaded_in_8bit", False))
 
 
 def zero_stage_of_config(path: str | Path) -> int | None:

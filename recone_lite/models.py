@@ -24,10 +24,12 @@ from recone_lite import log
 from recone_lite.errors import InputError, ReconeError, first_line
 from recone_lite.fixtures import smollm2_gguf
 from recone_lite.gpu import (
+    adapter_autocast,
     check_zero_quantization,
     cuda_capability,
     describe_precision,
     device_map,
+    is_quantized,
     load_dtype,
     log_once,
     unsloth_kwargs,
@@ -165,7 +167,7 @@ def _unsloth_usable(engine: Engine, on_cuda: bool, spec: ModelSpec) -> bool:
 
 def load_model(
     spec: ModelSpec, *, for_training: bool = False, engine: Engine = "auto",
-    vllm_lora_rank: int | None = None,
+    vllm_lora_rank: int | None = None, vllm_memory: float | None = None,
 ) -> tuple[Any, Any]:
     """Load `(model, tokenizer)` for `spec`, with its adapter when it names one.
 
@@ -174,7 +176,7 @@ def load_model(
     adapter stays a trainable peft adapter. The tokenizer always has a pad token.
     `engine` forces Unsloth or transformers; `auto` takes Unsloth on CUDA when it imports.
     `vllm_lora_rank` (GRPO with vLLM rollouts): Unsloth starts its vLLM engine on the same
-    weights for adapters of that rank (gpu.unsloth_kwargs).
+    weights for adapters of that rank, taking `vllm_memory` of the GPU (gpu.unsloth_kwargs).
     """
     check_spec(spec)
     import torch  # torch before unsloth is fine; transformers, peft and trl are not
@@ -185,7 +187,7 @@ def load_model(
     used = "transformers"
     if _unsloth_usable(engine, on_cuda, spec):
         try:
-            model, tokenizer = _load_unsloth(spec, dtype, vllm_lora_rank)
+            model, tokenizer = _load_unsloth(spec, dtype, vllm_lora_rank, vllm_memory)
             used = "unsloth"
         except Exception as err:  # no accelerator it knows, a version clash, an unsupported model
             if engine == "unsloth":
@@ -214,15 +216,15 @@ def load_model(
     return model, tokenizer
 
 
-def _load_unsloth(spec: ModelSpec, dtype: Any, vllm_lora_rank: int | None = None
-                  ) -> tuple[Any, Any]:
+def _load_unsloth(spec: ModelSpec, dtype: Any, vllm_lora_rank: int | None = None,
+                  vllm_memory: float | None = None) -> tuple[Any, Any]:
     import unsloth  # noqa: F401  (first: it patches transformers, peft and trl on import)
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.from_pretrained(**unsloth_kwargs(
         name=spec.name, max_seq_length=spec.max_seq_length, dtype=dtype,
         quantization=spec.quantization, trust_remote_code=spec.trust_remote_code,
-        vllm_lora_rank=vllm_lora_rank))
+        vllm_lora_rank=vllm_lora_rank, vllm_memory=vllm_memory))
 
 
 def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any, Any]:
@@ -384,7 +386,10 @@ def _load_adapter(model: Any, spec: ModelSpec, for_training: bool) -> Any:
             f"its shapes fit {spec.name}, loading it there"
         )
     try:
-        model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=for_training)
+        # under ZeRO-3 a continued adapter keeps the base's dtype too (gpu.adapter_autocast)
+        autocast = not for_training or adapter_autocast(zero_stage(), is_quantized(model))
+        model = PeftModel.from_pretrained(model, spec.adapter, is_trainable=for_training,
+                                          autocast_adapter_dtype=autocast)
     except (RuntimeError, ValueError, KeyError) as err:  # size mismatch peft found on its own
         raise InputError(
             f"{spec.adapter} does not fit {spec.name}: {first_line(err)}", field="adapter"

@@ -32,16 +32,21 @@ from recone_lite.config import (
 )
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.gpu import (
+    adapter_autocast,
+    check_vllm_mode,
     check_vllm_quantization,
     check_zero_quantization,
     cuda_available,
     cuda_capability,
     describe_precision,
     grpo_layout,
+    is_quantized,
     is_unsloth,
     log_once,
     precision_settings,
+    vllm_install_problem,
     world_size_from_env,
+    zero_stage,
     zero_stage_from_env,
 )
 from recone_lite.models import adapter_config, load_model
@@ -189,9 +194,11 @@ def load_trainable(recipe: Recipe) -> tuple[Any, Any]:
         if spec.adapter and spec.adapter != recipe.init_adapter:
             raise InputError("set model.adapter or init_adapter, not both", field="init_adapter")
         spec = spec.model_copy(update={"adapter": recipe.init_adapter})
-    model, tokenizer = load_model(spec, for_training=True, vllm_lora_rank=vllm_lora_rank(recipe))
+    model, tokenizer = load_model(spec, for_training=True, vllm_lora_rank=vllm_lora_rank(recipe),
+                                  vllm_memory=vllm_memory(recipe))
     if recipe.kind == "grpo":  # Unsloth may have failed to load and left transformers + bnb
         check_vllm_quantization(recipe.grpo, recipe.model.quantization, is_unsloth(model))
+        check_vllm_mode(recipe.grpo, is_unsloth(model))
     if spec.adapter:  # models.py loaded it with is_trainable=True
         cfg = model.peft_config.get("default")
         log.info(
@@ -213,6 +220,18 @@ def vllm_lora_rank(recipe: Recipe) -> int | None:
     return recipe.lora.r
 
 
+def vllm_memory(recipe: Recipe) -> float | None:
+    """The GPU share Unsloth's colocated vLLM engine takes: the recipe's
+    `grpo.vllm_gpu_memory_utilization`, else TRL's default, the number `plan` counts (Unsloth's
+    own default, 0.5, would differ from both)."""
+    if recipe.kind != "grpo" or not recipe.grpo.get("use_vllm"):
+        return None
+    share = recipe.grpo.get("vllm_gpu_memory_utilization")
+    if share is None:
+        share = trainer_defaults("grpo")["vllm_gpu_memory_utilization"]
+    return float(share)
+
+
 def check_gpu_path(recipe: Recipe) -> None:
     """The rules a run meets on GPUs, checked before any model loads (a dry run too): no 4-bit
     base under ZeRO-3 (announced by `accelerate launch`), no vLLM rollouts from a 4-bit base
@@ -220,7 +239,14 @@ def check_gpu_path(recipe: Recipe) -> None:
     check_zero_quantization(zero_stage_from_env(), recipe.model.quantization)
     if recipe.kind == "grpo" and cuda_available():
         unsloth = package_version("unsloth") != "not installed"
-        check_vllm_quantization(recipe.grpo, recipe.model.quantization, unsloth)
+        check_vllm_quantization(recipe.grpo, recipe.model.quantization, unsloth, unsloth)
+        check_vllm_mode(recipe.grpo, unsloth)
+        if recipe.grpo.get("use_vllm"):
+            problem = vllm_install_problem(package_version("vllm"),
+                                           package_version("vllm-bnb-plugin"),
+                                           recipe.model.quantization)
+            if problem:
+                raise ReconeError(f"grpo.use_vllm: {problem}")
 
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -279,7 +305,8 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
         )
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
+    quantized = is_quantized(model)
+    if quantized:
         model = prepare_model_for_kbit_training(
             model, use_gradient_checkpointing=gradient_checkpointing
         )
@@ -291,7 +318,10 @@ def add_lora(model: Any, recipe: Recipe) -> Any:
         bias="none",
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, config)
+    autocast = adapter_autocast(zero_stage(), quantized)
+    if not autocast:
+        log.info("adapter: LoRA weights in the base's dtype under ZeRO-3 (TRL #6089)")
+    return get_peft_model(model, config, autocast_adapter_dtype=autocast)
 
 
 def check_trainable(model: Any) -> tuple[int, int]:

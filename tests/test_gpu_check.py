@@ -180,3 +180,110 @@ def test_gpu_rows(gpu_check: types.ModuleType, tmp_path: Path,
     assert rows["kernels: music-grpo"].status == "yes"
     assert rows["kernels: music-recone"].status == "no"
     assert "expected yes" in rows["kernels: music-recone"].detail
+
+
+def _interpreter_without(tmp_path: Path, hidden: tuple[str, ...]) -> Path:
+    """A real interpreter that lacks `hidden`: this Python run with `-S` (no site-packages) and a
+    folder that links every entry of its site-packages folders but those packages (and their
+    dist-info). Nothing is faked inside: `import trl` fails there as on a bare machine."""
+    folders = [Path(x) for x in sys.path
+               if x.rstrip("/").endswith(("site-packages", "dist-packages")) and Path(x).is_dir()]
+    view = tmp_path / "site-view"
+    view.mkdir()
+    for folder in folders:  # in sys.path order: the first of a name wins, as in imports
+        for entry in folder.iterdir():
+            stem = entry.name.split("-")[0].split(".")[0].lower()
+            if stem in hidden or entry.suffix == ".pth" or (view / entry.name).exists():
+                continue
+            (view / entry.name).symlink_to(entry)
+    wrapper = tmp_path / "python-without"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH="{view}:$PYTHONPATH" exec {sys.executable} -S "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def test_gpu_target_without_trl_fails(tmp_path: Path) -> None:
+    """bench/gpu_check.sh is the GPU target's entry point (it passes --strict): on a machine
+    without trl and unsloth it must exit 1 with one FAILED line naming them, where the old
+    script skipped every step and exited 0. No CUDA here, which the target run counts as a
+    failure too."""
+    python = _interpreter_without(tmp_path, ("trl", "unsloth", "unsloth_zoo"))
+    probe = subprocess.run([str(python), "-c", "import torch, transformers, yaml; import trl"],
+                           capture_output=True, text=True, env={**os.environ,
+                                                                "PYTHONPATH": str(ROOT)})
+    assert "No module named 'trl'" in probe.stderr, probe.stderr  # the machine we mean
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHON": str(python), "GPU_CHECK_BUNDLE": str(tmp_path / "no-bundle"),
+           "PYTHONPATH": str(ROOT), "OUT": str(tmp_path / "out")}
+    done = subprocess.run(
+        ["bash", str(ROOT / "bench" / "gpu_check.sh"), "--work", str(tmp_path / "work"),
+         "--tokenizer", "built", "--python", str(python), "--only", "grpo"],
+        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    assert done.returncode == 1, done.stdout + done.stderr
+    verdict = [x for x in done.stderr.splitlines() if x.startswith("gpu_check: ")][-1]
+    assert verdict.startswith("gpu_check: FAILED: imports: fail"), verdict
+    assert "no CUDA device" in verdict and "trl not installed" in verdict
+    assert "unsloth not installed" in verdict
+    assert "grpo: fail: trl not installed on the GPU target" in verdict
+
+    out = tmp_path / "out"
+    result = json.loads((out / "gpu_check.json").read_text())
+    assert result["strict"] and "grpo" in result["failing"] and "imports" in result["failing"]
+    assert "GPU target" in result["header"]
+    assert (out / "gpu_check.md").read_text().rstrip().endswith(verdict)
+    # what comes back from a device call: three files, the logs packed in one tar
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gpu_check.json", "gpu_check.md", "gpu_check_logs.tar.gz"]
+    import tarfile
+
+    with tarfile.open(out / "gpu_check_logs.tar.gz") as tar:
+        names = tar.getnames()
+    assert "gpu_check_logs/logs/environment.log" in names, names
+
+
+def test_failing_rows_on_the_gpu_target(gpu_check: types.ModuleType, tmp_path: Path) -> None:
+    """Which rows fail the check: on the GPU target a kernel row `no`, a skip and a budget skip
+    do; vLLM's `not run` does not; without CUDA (no --strict) skips are fine."""
+    rows = [gpu_check.Row("kernels: music-grpo", "no"),
+            gpu_check.Row("predict hf", "skipped: time budget spent (3 s left)"),
+            gpu_check.Row("predict vllm", "not run: vllm not installed (optional)"),
+            gpu_check.Row("export", "ok")]
+    for strict, cuda, want in ((True, False, 2), (False, True, 2), (False, False, 0)):
+        args = ["--work", str(tmp_path / "w"), "--results", str(tmp_path / "r")]
+        check = gpu_check.Check(gpu_check.parse_args(args + (["--strict"] if strict else [])))
+        check.env = {"cuda": cuda}
+        check.rows = list(rows)
+        assert len(check.failures()) == want, (strict, cuda)
+        assert check.verdict().startswith("gpu_check: FAILED" if want else "gpu_check: PASSED")
+    cpu = gpu_check.Check(gpu_check.parse_args(["--cpu", "--strict", "--work", str(tmp_path)]))
+    cpu.env, cpu.rows = {"cuda": False}, list(rows)
+    assert not cpu.failures()  # the rehearsal is never the target
+
+
+def test_bundle_pins_sit_in_the_projects_lattice() -> None:
+    """bench/gpu_bundle.sh's pinned wheels satisfy pyproject.toml's own requirements (a bundle
+    that drifted from the lattice would test another stack than the one users install), and
+    the script parses. Building it needs PyPI: docs/recipes.md has the measured run."""
+    import re
+
+    from packaging.requirements import Requirement
+
+    script = (ROOT / "bench" / "gpu_bundle.sh").read_text()
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_bundle.sh")]).returncode == 0
+    block = re.search(r"^PACKAGES=\((.*?)^\)", script, re.M | re.S).group(1)
+    pins = dict(re.findall(r"([A-Za-z0-9_.-]+)==([\w.]+)", block))
+    norm = lambda name: re.sub(r"[-_.]+", "-", name).lower()  # noqa: E731
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    wanted = [Requirement(x) for x in re.findall(r'^\s*"([^"]+)",?(?:\s*#.*)?$', pyproject, re.M)]
+    wanted += [Requirement(x) for x in re.findall(r'"(unsloth[^"]*)"', pyproject)]
+    pinned = {norm(name): version for name, version in pins.items()}
+    checked = 0
+    for req in wanted:
+        if norm(req.name) in pinned:
+            assert req.specifier.contains(pinned[norm(req.name)]), (req, pinned[norm(req.name)])
+            checked += 1
+    assert checked >= 7  # trl, datasets, bitsandbytes, gguf, pydantic, unsloth, unsloth_zoo
+    for needed in ("trl", "datasets", "pydantic", "pydantic-core", "bitsandbytes", "unsloth",
+                   "unsloth-zoo", "dill", "multiprocess"):
+        assert needed in pinned, needed
