@@ -164,5 +164,5 @@ def test_dry_run_prints_the_plans_memory_estimate(name: str, tmp_path: Path) -> 
     assert dry_gib == plan_gib > 0
     assert f"~{plan_gib:.1f} GiB peak" in dry.output
     assert not (tmp_path / "run").exists()
-    teacher = {"cpu-demo": "evidence traces", "cpu-quality": "mixed traces"}[name]
+    teacher = {"cpu-demo": "evidence traces", "cpu-quality": "evidence traces"}[name]
     assert teacher in dry.output  # the warm-up line names the recipe's own teacher
