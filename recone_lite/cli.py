@@ -623,7 +623,7 @@ def train(
 
     result = grpo.train(spec, resume=resume, overwrite=overwrite, dry_run=dry_run,
                         recipe_name=recipe)
-    typer.echo(dumps(_run_summary(result)))
+    _print_summary(result)
 
 
 @app.command()
@@ -673,7 +673,17 @@ def sft(
 
     result = sft_module.train(spec, traces, strict=strict, resume=resume, overwrite=overwrite,
                               dry_run=dry_run, recipe_name=recipe)
-    typer.echo(dumps(_run_summary(result)))
+    _print_summary(result)
+
+
+def _print_summary(result: dict) -> None:
+    """The run's summary on stdout, once: under `accelerate launch` every rank runs the command,
+    and only rank 0 (the one that writes the run folder) prints it."""
+    # why: lazy, so --help starts fast (runs.py imports yaml)
+    from recone_lite.runs import is_main_process
+
+    if is_main_process():
+        typer.echo(dumps(_run_summary(result)))
 
 
 def _run_summary(result: dict) -> dict:

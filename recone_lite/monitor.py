@@ -15,7 +15,7 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import ReconeError
-from recone_lite.runs import RunRecord, write_log_history
+from recone_lite.runs import RunRecord, is_main_process, write_log_history
 from recone_lite.training import prompts_per_step
 
 
@@ -229,6 +229,39 @@ def make_monitor(
     return Monitor()
 
 
+def load_checkpoints_on_cpu(trainer: Any) -> None:
+    """Make a multi-process CPU run resumable. Under torchrun on CPU, accelerate 1.15 gives each
+    rank `torch.device("cpu", local_rank % 1)` (state.py `set_device`: MULTI_CPU), and
+    transformers 5.17's `_load_optimizer_and_scheduler` passes `args.device` as `map_location`
+    when `world_size > 1`; torch 2.13's `default_restore_location` knows "cpu" but not "cpu:0"
+    and raises "don't know how to restore data location ... (tagged with cpu:0)" (seen in
+    tests/test_distributed.py). While that method runs, a CPU map_location is passed as plain
+    "cpu"; a single process, or a GPU, is left alone."""
+    import torch
+
+    device = trainer.args.device
+    if trainer.args.world_size <= 1 or device.type != "cpu" or device.index is None:
+        return
+    load_states = trainer._load_optimizer_and_scheduler
+
+    def load(checkpoint: Any) -> Any:
+        original = torch.load
+
+        def on_cpu(*args: Any, **kwargs: Any) -> Any:
+            where = kwargs.get("map_location")
+            if isinstance(where, torch.device) and where.type == "cpu":
+                kwargs["map_location"] = "cpu"
+            return original(*args, **kwargs)
+
+        torch.load = on_cpu
+        try:
+            return load_states(checkpoint)
+        finally:
+            torch.load = original
+
+    trainer._load_optimizer_and_scheduler = load
+
+
 def run_trainer(
     trainer: Any,
     monitor: Any,
@@ -251,12 +284,14 @@ def run_trainer(
     record.update(**(extra or {}))
     if checkpoint is not None:
         log.info(f"resuming from {checkpoint}")
+        load_checkpoints_on_cpu(trainer)
     with explain_oom(section), log.progress(section, unit="steps") as monitor.step:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     state = trainer.state
     final = monitor.evaluate(state.global_step)
-    write_log_history(out, state.log_history)
+    if is_main_process():  # distributed: rank 0 alone writes the run folder
+        write_log_history(out, state.log_history)
     lengths = _series(monitor.history, "completions/mean_length")
     step_times = _series(monitor.history, "step_time")
     result = record.finish(
