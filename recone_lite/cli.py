@@ -336,8 +336,10 @@ def predict(
         str | None, typer.Option(help="GGUF file inside the --model folder")
     ] = None,
     adapter: Annotated[str | None, typer.Option(
-        help="LoRA adapter folder (peft); a `train` / `sft` run folder also gives the defaults "
-        "of --model, --template, --max-prompt-tokens, --scale and --readout")] = None,
+        help="LoRA adapter folder (peft); a `train` / `sft` run folder (or an adapter-only "
+        "export) also gives the defaults of --model, --template, the prompt options, "
+        "--max-prompt-tokens, --max-new-tokens, --scale, --readout and --quantization; with "
+        "--backend openai it only gives those settings and its base's tokenizer")] = None,
     template: Annotated[
         str | None,
         typer.Option(help="prompt: reczero, think or none (default: the adapter run's "
@@ -353,13 +355,16 @@ def predict(
         typer.Option(
             min=1,
             help="prompt budget, oldest history dropped first (default: the adapter run's "
-            "data.max_prompt_tokens, else max length - max new tokens)",
+            "data.max_prompt_tokens, else an exported model's recone.json, else max length - "
+            "max new tokens)",
         ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="requests per generation batch (default 8; vllm 256)")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per completion")] = 512,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        min=1, help="tokens per completion (default: the adapter run's evaluation.max_new_tokens, "
+        "else an exported model's recone.json, else 512)")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
     samples: Annotated[
         int, typer.Option(min=1, help="k completions per request; rating = mean of parsable ones")
@@ -380,7 +385,9 @@ def predict(
     ] = "OPENAI_API_KEY",
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight (openai)")] = 8,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
-    quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (CUDA only)")] = "none",
+    quantization: Annotated[str | None, typer.Option(
+        help="none, 4bit or 8bit (CUDA only; default: the adapter run's model.quantization, "
+        "else none)")] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="run the model repository's own code (only models you trust)")
     ] = False,
