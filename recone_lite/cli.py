@@ -834,6 +834,10 @@ def plan(
         min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
         "TRL's batch rules are checked at this world size (with the override that fixes them)")
     ] = 1,
+    engine: Annotated[str | None, typer.Option(
+        help="who loads a 4/8-bit base: unsloth, or transformers (+ peft, whose fp32 casts of "
+        "the embeddings and head are counted) [default: unsloth where it is installed here, "
+        "else transformers]", show_default=False)] = None,
 ) -> None:
     """Estimate a recipe's peak memory per GPU and its step time before a run: weights by
     quantization, LoRA adapter + AdamW states, activations, logits, generation KV cache, vLLM's
@@ -855,7 +859,7 @@ def plan(
     from recone_lite.config import load_recipe
     from recone_lite.plan import plan_for_cli, print_plan
 
-    result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus)
+    result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus, engine)
     print_plan(result)
     typer.echo(dumps(result))
 
