@@ -16,9 +16,9 @@ Output is flushed line by line, so `| head -n 3` sees lines as soon as a batch i
 reader that closes the pipe early ends the run quietly. `--out FILE --resume` skips the ids
 already in FILE (a trailing partial line from a kill is dropped) and appends the rest.
 
-Over 600 lines and one unit: the command's checks before a model loads, the defaults an adapter
-run folder gives (`run_defaults`), the request reader, the rows and the resume rules all decide
-what one output line holds.
+Over 600 lines and one unit: the command's checks before a model loads, which setting comes
+from where (the option, the `--adapter` run or the exported `--model`: run_settings.py reads
+them), the request reader, the rows and the resume rules all decide what one output line holds.
 """
 
 from __future__ import annotations
@@ -664,7 +664,8 @@ def _scale(
 def recipe_options(recipe: Any) -> dict[str, Any]:
     """`predict`'s keyword arguments for a loaded recipe's model, prompt and dev evaluation
     (`evaluation.batch_size`, `evaluation.max_new_tokens`): what a bench passes so that it
-    predicts as the recipe's own dev evaluation does. `run_defaults` reads the same from a run.
+    predicts as the recipe's own dev evaluation does. `run_settings.run_defaults` reads the same
+    from a run.
 
     >>> from recone_lite.config import load_recipe
     >>> options = recipe_options(load_recipe("cpu-quality"))

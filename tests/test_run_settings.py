@@ -142,3 +142,14 @@ def test_openai_fits_the_messages_to_the_runs_budget_with_its_bases_tokenizer(
     err = capsys.readouterr().err
     assert f"prompts fitted to 120 tokens with the tokenizer of {base}" in err
     assert "the messages go whole, without the prompt budget" in err
+
+
+def test_openai_with_a_run_still_needs_the_served_name(tmp_path: Path) -> None:
+    from recone_lite.errors import InputError
+
+    run = adapter_folder(tmp_path / "run", {"model": {"name": "org/base"}})
+    requests = tmp_path / "r.jsonl"
+    requests.write_text(json.dumps({"id": 1, "target": {"title": "x"}}) + "\n")
+    with pytest.raises(InputError, match="--model names the served model") as caught:
+        predict(str(requests), adapter=str(run), backend="openai", base_url="http://127.0.0.1:9")
+    assert caught.value.field == "model"
