@@ -340,8 +340,10 @@ def predict(
         str | None, typer.Option(help="GGUF file inside the --model folder")
     ] = None,
     adapter: Annotated[str | None, typer.Option(
-        help="LoRA adapter folder (peft); a `train` / `sft` run folder also gives the defaults "
-        "of --model, --template, --max-prompt-tokens, --scale and --readout")] = None,
+        help="LoRA adapter folder (peft); a `train` / `sft` run folder (or an adapter-only "
+        "export) also gives the defaults of --model, --template, the prompt options, "
+        "--max-prompt-tokens, --max-new-tokens, --scale, --readout and --quantization; with "
+        "--backend openai it only gives those settings and its base's tokenizer")] = None,
     template: Annotated[
         str | None,
         typer.Option(help="prompt: reczero, think or none (default: the adapter run's "
@@ -357,13 +359,16 @@ def predict(
         typer.Option(
             min=1,
             help="prompt budget, oldest history dropped first (default: the adapter run's "
-            "data.max_prompt_tokens, else max length - max new tokens)",
+            "data.max_prompt_tokens, else an exported model's recone.json, else max length - "
+            "max new tokens)",
         ),
     ] = None,
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="requests per generation batch (default 8; vllm 256)")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per completion")] = 512,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        min=1, help="tokens per completion (default: the adapter run's evaluation.max_new_tokens, "
+        "else an exported model's recone.json, else 512)")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
     samples: Annotated[
         int, typer.Option(min=1, help="k completions per request; rating = mean of parsable ones")
@@ -384,7 +389,9 @@ def predict(
     ] = "OPENAI_API_KEY",
     concurrency: Annotated[int, typer.Option(min=1, help="requests in flight (openai)")] = 8,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
-    quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (CUDA only)")] = "none",
+    quantization: Annotated[str | None, typer.Option(
+        help="none, 4bit or 8bit (CUDA only; default: the adapter run's model.quantization, "
+        "else none)")] = None,
     trust_remote_code: Annotated[
         bool, typer.Option(help="run the model repository's own code (only models you trust)")
     ] = False,
@@ -633,7 +640,7 @@ def train(
 
     result = grpo.train(spec, resume=resume, overwrite=overwrite, dry_run=dry_run,
                         recipe_name=recipe)
-    typer.echo(dumps(_run_summary(result)))
+    _print_summary(result)
 
 
 @app.command()
@@ -683,7 +690,17 @@ def sft(
 
     result = sft_module.train(spec, traces, strict=strict, resume=resume, overwrite=overwrite,
                               dry_run=dry_run, recipe_name=recipe)
-    typer.echo(dumps(_run_summary(result)))
+    _print_summary(result)
+
+
+def _print_summary(result: dict) -> None:
+    """The run's summary on stdout, once: under `accelerate launch` every rank runs the command,
+    and only rank 0 (the one that writes the run folder) prints it."""
+    # why: lazy, so --help starts fast (runs.py imports yaml)
+    from recone_lite.runs import is_main_process
+
+    if is_main_process():
+        typer.echo(dumps(_run_summary(result)))
 
 
 def _run_summary(result: dict) -> dict:
@@ -827,6 +844,10 @@ def plan(
         min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
         "TRL's batch rules are checked at this world size (with the override that fixes them)")
     ] = 1,
+    engine: Annotated[str | None, typer.Option(
+        help="who loads a 4/8-bit base: unsloth, or transformers (+ peft, whose fp32 casts of "
+        "the embeddings and head are counted) [default: unsloth where it is installed here, "
+        "else transformers]", show_default=False)] = None,
 ) -> None:
     """Estimate a recipe's peak memory per GPU and its step time before a run: weights by
     quantization, LoRA adapter + AdamW states, activations, logits, generation KV cache, vLLM's
@@ -848,7 +869,7 @@ def plan(
     from recone_lite.config import load_recipe
     from recone_lite.plan import plan_for_cli, print_plan
 
-    result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus)
+    result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus, engine)
     print_plan(result)
     typer.echo(dumps(result))
 

@@ -9,7 +9,12 @@
 - `--adapter-only OUT`: a clean peft adapter folder (adapter_config.json with the base model
   recorded, adapter_model.safetensors, recone.json) for vLLM `--lora-modules NAME=OUT`.
 - `--gguf OUT.gguf`: the merged model converted by llama.cpp's `convert_hf_to_gguf.py` (and
-  `llama-quantize` for k-quants) when llama.cpp is on this machine. Nothing is downloaded.
+  `llama-quantize` for k-quants) when llama.cpp is on this machine, with `OUT.recone.json`
+  beside it. Nothing is downloaded.
+
+Every recone.json records the run's prompt and decoding settings under `"predict"` (template,
+prompt style, prompt budget, readout, answer length, scale: run_settings.py), so `predict` on
+the export builds the prompt the run trained on.
 
 Verification (on by default, verify.py): base + adapter, unmerged, and the merged model as saved
 on disk run on a few rendered prompts; their logits must agree within a tolerance for the saved
@@ -48,6 +53,7 @@ from recone_lite.gguf import GGUF_BYTES_PER_PARAM, convert_to_gguf, find_llama_c
 from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth
 from recone_lite.jsonl import atomic_path
 from recone_lite.models import RECONE_JSON
+from recone_lite.run_settings import SETTINGS, export_record, recone_json_path
 from recone_lite.verify import check_merged, free_memory, probe, verify_merged
 from recone_lite.versions import stack_versions
 
@@ -148,6 +154,8 @@ def _record(source: Source, kind: str, **fields: Any) -> dict[str, Any]:
         "run_kind": source.run.get("kind"),
         "template": source.template,
         "rating_scale": list(source.scale) if source.scale else None,
+        # every prompt and decoding setting of the run: `predict --model OUT` uses them
+        SETTINGS: export_record(source.recipe, source.template, source.scale),
         **fields,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": stack_versions(),
@@ -324,6 +332,9 @@ def export(
                 summary.update(write_merged(source, staged, torch_dtype, verify, prompts, params))
                 convert_to_gguf(staged, gguf_path, quant, tools)
         summary["quant"] = quant
+        # a GGUF is one file: its run's settings go beside it, for `predict --model OUT.gguf`
+        record = {**_record(source, "gguf", quant=quant), "dtype": torch_dtype}
+        _write_json(recone_json_path(outputs["gguf"]), record)
         _report(summary, "gguf", outputs["gguf"], started)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary

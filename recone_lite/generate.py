@@ -243,10 +243,16 @@ def openai_backend(
     max_retries: int = 4,
     style: PromptStyle = DEFAULT_STYLE,
     readout: str = "text",
+    tokenizer: Any = None,
+    max_prompt_tokens: int | None = None,
 ) -> Backend:
     """Chat messages to an OpenAI-compatible server, which applies the model's chat template;
-    k samples are k requests. No token budget here: the server rejects a prompt too long for it,
-    and that request's line gets `"error"`. With `readout="expected"` the server is asked for
+    k samples are k requests. With a `tokenizer` (the served model's own), the messages are
+    fitted to `max_prompt_tokens` as local prediction fits them (`render_prompt`'s messages:
+    the same history cut, the system prompt folded into the user turn where the template has
+    no system role), so the server renders the prompt training saw. Without one the messages
+    go whole: a prompt too long for the server is rejected, and that request's line gets
+    `"error"`. With `readout="expected"` the server is asked for
     logprobs and each sample whose completion has a `<rate>` carries its rating distribution
     there (`readout.logprob_distribution`); one without `<rate>` has none (no forcing here)."""
     expected = readout == "expected"
@@ -265,8 +271,13 @@ def openai_backend(
         return Sample(text, result.completion_tokens, result.error, probs=probs)
 
     def run(requests: Iterable[dict[str, Any]]) -> Iterator[list[Sample]]:
-        messages = (build_messages(r, template, scale, style=style)
-                    for r in requests for _ in range(samples))
+        def fitted(request: dict[str, Any]) -> list[dict[str, str]]:
+            if tokenizer is None:
+                return build_messages(request, template, scale, style=style)
+            return render_prompt(request, tokenizer, template, scale, max_prompt_tokens,
+                                 style).messages
+
+        messages = (message for r in requests for message in [fitted(r)] * samples)
         results = stream_chat_completions(
             messages,
             base_url=base_url,

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from recone_lite import log
 from recone_lite.config import LaunchSection, load_recipe, recipes_dir
 from recone_lite.errors import InputError, ReconeError
@@ -57,6 +59,25 @@ def accelerate_config_path(name: str) -> Path:
         raise InputError(f"unknown accelerate config {name!r}; known: {known}",
                          field="launch.accelerate_config")
     return packaged
+
+
+def check_multi_process(config: Path, processes: int) -> None:
+    """InputError for a config that would start one process where a job asks for several:
+    accelerate 1.15 runs `distributed_type: MULTI_CPU` (what `accelerate config` writes for a
+    CPU) and `NO` through its `simple_launcher` (accelerate/commands/launch.py), one process
+    unless an mpirun hostfile is given, so the job would silently train on one rank."""
+    if processes < 2:
+        return
+    try:
+        loaded = yaml.safe_load(config.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return  # accelerate itself reports an unreadable config
+    kind = loaded.get("distributed_type") if isinstance(loaded, dict) else None
+    if kind in ("MULTI_CPU", "NO"):
+        raise InputError(
+            f"distributed_type {kind} starts one process in `accelerate launch` (without an "
+            f"mpirun hostfile), not {processes}; for several CPU processes use "
+            "`recone-lite launch --cpu` (torchrun, gloo)", path=config)
 
 
 def accelerate_command() -> list[str]:
@@ -130,6 +151,7 @@ def build_commands(
             argv += ["--multi_gpu" if job.gpus > 1 else "--cpu", "--mixed_precision", "no"]
         else:
             config = accelerate_config_path(job.accelerate_config or section.accelerate_config)
+            check_multi_process(config, job.gpus)
             argv += ["--config_file", str(config)]
         argv += ["--num_machines", "1", "--num_processes", str(job.gpus),
                  "--main_process_port", str(BASE_PORT + index)]

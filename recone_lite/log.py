@@ -8,20 +8,34 @@ stderr is a terminal; a pipe, a log file or CI gets the jobs' own log lines and 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(stderr=True, soft_wrap=True)
 
 
+def rank_prefix() -> str:
+    """`[rank N] ` on the other ranks of a distributed run (torchrun / `accelerate launch` set
+    RANK), so their lines are told apart from rank 0's, which alone writes the run folder and
+    stdout; "" in a single process and on rank 0.
+
+    >>> rank_prefix() if "RANK" not in os.environ else ""
+    ''
+    """
+    rank = os.environ.get("RANK", "0")
+    return "" if rank in ("", "0") else f"[rank {rank}] "
+
+
 def info(message: str) -> None:
-    console.print(message, highlight=False)
+    console.print(escape(rank_prefix()) + message, highlight=False)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+    console.print(f"{escape(rank_prefix())}[yellow]warning:[/yellow] {message}", highlight=False)
 
 
 def _no_bar(advance: float = 0, **fields: object) -> None:

@@ -403,9 +403,11 @@ RECONE_JSON = "recone.json"  # what `export` writes beside merged weights or a c
 
 
 def read_recone_json(folder: str | Path) -> dict[str, Any]:
-    """A merged (or adapter-only) folder's recone.json, or {} when there is none: what
-    `predict --model FOLDER` takes its template and rating scale from."""
-    path = Path(folder).expanduser() / RECONE_JSON
+    """A merged (or adapter-only) folder's recone.json (or the `.json` file given: a GGUF's
+    record beside it), or {} when there is none: what `predict --model EXPORT` takes its
+    prompt and decoding settings from (run_settings.py)."""
+    path = Path(folder).expanduser()
+    path = path if path.suffix == ".json" else path / RECONE_JSON
     if not path.is_file():
         return {}
     try:

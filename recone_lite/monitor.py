@@ -16,7 +16,7 @@ from typing import Any
 from recone_lite import log
 from recone_lite.errors import ReconeError
 from recone_lite.jsonl import write_jsonl
-from recone_lite.runs import RunRecord, write_log_history
+from recone_lite.runs import RunRecord, is_main_process, write_log_history
 from recone_lite.training import prompts_per_step
 
 
@@ -210,8 +210,8 @@ def make_monitor(
         def evaluate(self, step: int) -> dict[str, Any]:
             metrics = evaluate_dev()
             rows = metrics.pop("predictions", None)
-            if record is not None and rows is not None:  # per-row dev predictions, for paired
-                write_jsonl(record.out / f"dev-step{step}.jsonl", rows)  # comparisons of stages
+            if record is not None and rows is not None and is_main_process():  # per-row dev
+                write_jsonl(record.out / f"dev-step{step}.jsonl", rows)  # rows, paired stages
             self.dev.append({"step": step, **metrics})
             log.info(f"dev @ step {step}: {metrics_line(metrics)}")
             if self.trainer is not None:
@@ -231,6 +231,39 @@ def make_monitor(
                               dev_history=self.dev, alarms=self.raised)
 
     return Monitor()
+
+
+def load_checkpoints_on_cpu(trainer: Any) -> None:
+    """Make a multi-process CPU run resumable. Under torchrun on CPU, accelerate 1.15 gives each
+    rank `torch.device("cpu", local_rank % 1)` (state.py `set_device`: MULTI_CPU), and
+    transformers 5.17's `_load_optimizer_and_scheduler` passes `args.device` as `map_location`
+    when `world_size > 1`; torch 2.13's `default_restore_location` knows "cpu" but not "cpu:0"
+    and raises "don't know how to restore data location ... (tagged with cpu:0)" (seen in
+    tests/test_distributed.py). While that method runs, a CPU map_location is passed as plain
+    "cpu"; a single process, or a GPU, is left alone."""
+    import torch
+
+    device = trainer.args.device
+    if trainer.args.world_size <= 1 or device.type != "cpu" or device.index is None:
+        return
+    load_states = trainer._load_optimizer_and_scheduler
+
+    def load(checkpoint: Any) -> Any:
+        original = torch.load
+
+        def on_cpu(*args: Any, **kwargs: Any) -> Any:
+            where = kwargs.get("map_location")
+            if isinstance(where, torch.device) and where.type == "cpu":
+                kwargs["map_location"] = "cpu"
+            return original(*args, **kwargs)
+
+        torch.load = on_cpu
+        try:
+            return load_states(checkpoint)
+        finally:
+            torch.load = original
+
+    trainer._load_optimizer_and_scheduler = load
 
 
 def run_trainer(
@@ -255,12 +288,14 @@ def run_trainer(
     record.update(**(extra or {}))
     if checkpoint is not None:
         log.info(f"resuming from {checkpoint}")
+        load_checkpoints_on_cpu(trainer)
     with explain_oom(section), log.progress(section, unit="steps") as monitor.step:
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out))
     state = trainer.state
     final = monitor.evaluate(state.global_step)
-    write_log_history(out, state.log_history)
+    if is_main_process():  # distributed: rank 0 alone writes the run folder
+        write_log_history(out, state.log_history)
     lengths = _series(monitor.history, "completions/mean_length")
     step_times = _series(monitor.history, "step_time")
     result = record.finish(

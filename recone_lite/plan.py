@@ -27,6 +27,7 @@ together so that the arithmetic reads in one place.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -247,13 +248,16 @@ class Settings:
     eval_batch: int = 8
     eval_tokens: int = 256
     warmup_batch: int = 0  # format warm-up SFT steps before GRPO (`warmup:`), 0 when none
+    readout: str = "text"  # evaluation.readout: `expected` keeps generate's fp32 logits
+    engine: str = "transformers"  # transformers (+ peft) | unsloth: who loads a 4/8-bit base
 
     @property
     def compute_bytes(self) -> int:
         return 4 if self.device == "cpu" else 2
 
 
-def settings_from_recipe(recipe: Any, device: str = "cuda") -> Settings:
+def settings_from_recipe(recipe: Any, device: str = "cuda",
+                         engine: str = "transformers") -> Settings:
     """The `Settings` of a validated recipe, with TRL's defaults where the recipe is silent and
     the CPU's forced settings (fp32, no gradient checkpointing, no quantization) on `cpu`."""
     section = recipe.grpo if recipe.kind == "grpo" else recipe.sft
@@ -273,6 +277,8 @@ def settings_from_recipe(recipe: Any, device: str = "cuda") -> Settings:
         "eval_batch": recipe.evaluation.batch_size,
         "eval_tokens": recipe.evaluation.max_new_tokens,
         "warmup_batch": recipe.warmup.batch_size if recipe.warmup else 0,
+        "readout": recipe.evaluation.readout,
+        "engine": engine,
     }
     if recipe.kind == "sft":
         length = int(get("max_length") or recipe.model.max_seq_length)
@@ -305,6 +311,8 @@ class Estimate:
     kv_cache: float
     prefill: float
     vllm: float
+    casts: float
+    eval_logits: float
     total: float
     lora_params: int
     params: int
@@ -313,8 +321,8 @@ class Estimate:
     train_seconds: float
 
     def parts(self) -> dict[str, float]:
-        keys = ("runtime", "weights", "adapter", "activations", "logits", "kv_cache", "prefill",
-                "vllm")
+        keys = ("runtime", "weights", "casts", "adapter", "activations", "logits", "kv_cache",
+                "prefill", "eval_logits", "vllm")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -412,23 +420,45 @@ def estimate(shape: Shape, s: Settings, *, device_name: str = "rtx4090",
     prefill_per_token = PREFILL_INTERMEDIATES * shape.intermediate * b
     gen_prefill = s.generation_batch * s.prompt_tokens * prefill_per_token if s.vllm == "no" else 0
     eval_prefill = s.eval_batch * s.prompt_tokens * prefill_per_token
-    gen_phase, eval_phase = gen_kv + gen_prefill, eval_kv + eval_prefill
-    kv, prefill = (gen_kv, gen_prefill) if gen_phase >= eval_phase else (eval_kv, eval_prefill)
+    # The expected readout asks `generate` for its logits (generate.py `output_logits`), and
+    # transformers keeps one fp32 copy of each step's (batch x vocab) logits until generation
+    # ends (generation/utils.py `_sample`: `.to(dtype=torch.float32)`, `raw_logits += ...`):
+    # batch x new tokens x vocab x 4 B, whatever the compute dtype. They grow while the prefill's
+    # tensors are long gone, so the dev evaluation's peak is its KV cache plus the larger of the
+    # two (Qwen2.5-7B, 16 x 640 new tokens: 5.8 GiB).
+    eval_logits = (s.eval_batch * s.eval_tokens * shape.vocab * 4.0
+                   if s.readout == "expected" else 0.0)
+    gen_phase = gen_kv + gen_prefill
+    eval_phase = eval_kv + max(eval_prefill, eval_logits)
+    if gen_phase >= eval_phase:
+        kv, prefill, eval_logits = gen_kv, gen_prefill, 0.0
+    else:
+        kv, prefill = eval_kv, eval_prefill
     vllm = s.vllm_share * memory * GIB if s.vllm == "colocate" else 0.0
-    dynamic = max(act + logits, kv + prefill)
+    dynamic = max(act + logits, max(gen_phase, eval_phase))
     slack = SLACK[s.device]
+    # transformers + peft with a 4/8-bit base: peft's prepare_model_for_kbit_training (called
+    # by training.py) casts every fp16/bf16 parameter that is not a quantized weight to fp32,
+    # i.e. the embeddings, an untied LM head, the norms and biases: +2 B each (Qwen2.5-7B:
+    # 1.09 B such parameters, +2.2 GB). Unsloth builds its adapter without that call (not
+    # counted; not measured here).
+    casts = 0.0
+    if s.device == "cuda" and s.quantization in QUANT_BYTES and s.engine == "transformers":
+        casts = 2.0 * (shape.total_params() - shape.linear_params())
     parts = {
         "runtime": RUNTIME_GIB[s.device] * GIB,
         "weights": weight_bytes(shape, s.quantization, s.device),
+        "casts": casts,
         "adapter": 16.0 * lora,  # fp32 weight + gradient + two AdamW moments
         "activations": act * slack,
         "logits": logits * slack,
         "kv_cache": kv * slack,
         "prefill": prefill * slack,
+        "eval_logits": eval_logits * slack,
         "vllm": vllm,
     }
     # the two phases do not overlap: count only the larger one in the total
-    dynamic_parts = ("activations", "logits", "kv_cache", "prefill")
+    dynamic_parts = ("activations", "logits", "kv_cache", "prefill", "eval_logits")
     total = sum(v for k, v in parts.items() if k not in dynamic_parts)
     total += dynamic * slack
     gen_s, train_s = step_time(shape, s, device_name, parts["weights"])
@@ -465,7 +495,8 @@ def knobs(shape: Shape, s: Settings, **kwargs: Any) -> list[tuple[str, float]]:
     """Recipe changes that lower peak memory, with the new peak in GiB, best first: each one is
     `estimate` rerun with one setting changed.
 
-    >>> s = Settings(quantization="none", batch=8, prompt_tokens=1024, completion_tokens=1024)
+    >>> s = Settings(quantization="none", batch=8, prompt_tokens=1024, completion_tokens=1024,
+    ...              engine="unsloth")  # (transformers + peft: its fp32 casts put 4-bit second)
     >>> [k for k, _ in knobs(SHAPES["qwen2.5-7b-instruct"], s)][0]
     'model.quantization=4bit'
     """
@@ -528,14 +559,25 @@ def fmt_seconds(seconds: float) -> str:
     return f"~{seconds / 3600:.1f} h"
 
 
+ENGINES = ("unsloth", "transformers")
+
+
+def default_engine() -> str:
+    """Who will load a 4/8-bit base on CUDA: `unsloth` where it is installed (models.py prefers
+    it), else `transformers` (+ peft). Looks for the package without importing it."""
+    return "unsloth" if importlib.util.find_spec("unsloth") is not None else "transformers"
+
+
 def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float | None = None,
-                gpus: int = 1, steps: int | None = None) -> dict[str, Any]:
+                gpus: int = 1, steps: int | None = None,
+                engine: str | None = None) -> dict[str, Any]:
     """The whole plan of a validated recipe as a JSON-able dict (what `recone-lite plan` prints).
-    `steps` (the run's optimizer steps) turns the step time into a run time when given."""
+    `steps` (the run's optimizer steps) turns the step time into a run time when given;
+    `engine` (default: `default_engine()`) decides whether peft's fp32 casts are counted."""
     device = "cpu" if device_name == "cpu" else "cuda"
     memory = DEVICES[device_name]["memory"] if memory_gib is None else memory_gib
     shape, source = model_shape(recipe.model)
-    s = settings_from_recipe(recipe, device)
+    s = settings_from_recipe(recipe, device, engine or default_engine())
     layout = batch_layout(recipe, gpus)
     if layout is not None and gpus > 1:  # each process generates its share of the global batch
         fixed = layout if layout.generation_batch else grpo_layout(
@@ -572,6 +614,12 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
             "steps_per_generation": layout.steps_per_generation,
             "problem": layout.problem, "fix": layout.fix}
     result["checks"] = gpu_checks(recipe, device)
+    if device == "cuda" and s.quantization in QUANT_BYTES:
+        other = 2.0 * (shape.total_params() - shape.linear_params()) / GIB
+        result["checks"].append(
+            f"engine: {s.engine}" + (f" (with transformers + peft instead: +{other:.2f} GiB of "
+                                     "fp32 casts, --engine transformers)" if s.engine == "unsloth"
+                                     else f" (its fp32 casts counted: {other:.2f} GiB)"))
     if steps is not None:
         result["steps"] = steps
         result["run_hours"] = round(steps * e.step_seconds / 3600, 2)
@@ -647,6 +695,13 @@ def print_plan(plan: dict[str, Any]) -> None:
         ("vllm", f"vLLM {s['vllm']}" + (f" ({s['vllm_share']:g} of the card)"
                                         if s["vllm"] == "colocate" else "")),
     ]
+    if parts["casts"]:
+        rows.insert(2, ("casts", "embeddings, LM head and norms cast to fp32 by peft's "
+                                 "prepare_model_for_kbit_training (transformers + peft path)"))
+    if parts["eval_logits"]:
+        rows.insert(-1, ("eval_logits", f"the dev evaluation's fp32 logits, kept by generate for "
+                                        f"the expected readout: {s['eval_batch']} x "
+                                        f"{s['eval_tokens']} new tokens x vocab x 4 B"))
     for name, what in rows:
         table.add_row(name, f"{parts[name]:.2f}", what)
     colour = {"fits": "green", "tight": "yellow"}.get(plan["verdict"], "red")
@@ -705,10 +760,13 @@ def run_steps(recipe: Any, gpus: int) -> int | None:
 
 
 def plan_for_cli(recipe: Any, device_name: str, memory_gib: float | None,
-                 gpus: int) -> dict[str, Any]:
-    """`plan_recipe` with the command line's checks (a known device profile)."""
+                 gpus: int, engine: str | None = None) -> dict[str, Any]:
+    """`plan_recipe` with the command line's checks (a known device profile and engine)."""
     if device_name not in DEVICES:
         raise InputError(f"unknown device {device_name!r}; known: {', '.join(DEVICES)}",
                          field="--device")
+    if engine not in (None, *ENGINES):
+        raise InputError(f"unknown engine {engine!r}; choose {' or '.join(ENGINES)}",
+                         field="--engine")
     return plan_recipe(recipe, device_name=device_name, memory_gib=memory_gib, gpus=gpus,
-                       steps=run_steps(recipe, gpus))
+                       steps=run_steps(recipe, gpus), engine=engine)

@@ -16,9 +16,9 @@ Output is flushed line by line, so `| head -n 3` sees lines as soon as a batch i
 reader that closes the pipe early ends the run quietly. `--out FILE --resume` skips the ids
 already in FILE (a trailing partial line from a kill is dropped) and appends the rest.
 
-Over 600 lines and one unit: the command's checks before a model loads, the defaults an adapter
-run folder gives (`run_defaults`), the request reader, the rows and the resume rules all decide
-what one output line holds.
+Over 600 lines and one unit: the command's checks before a model loads, which setting comes
+from where (the option, the `--adapter` run or the exported `--model`: run_settings.py reads
+them), the request reader, the rows and the resume rules all decide what one output line holds.
 """
 
 from __future__ import annotations
@@ -44,15 +44,16 @@ from recone_lite.generate import (
     vllm_backend,
 )
 from recone_lite.jsonl import dumps, read_jsonl
-from recone_lite.models import ModelSpec, adapter_config, check_spec, load_model, read_recone_json
+from recone_lite.models import ModelSpec, check_spec, load_model
 from recone_lite.prepared import is_number, parse_scale, read_scale
-from recone_lite.prompts import CF_LABELS, TEMPLATES, PromptStyle
+from recone_lite.prompts import CF_LABELS, TEMPLATES, PromptStyle, load_tokenizer
 from recone_lite.readout import READOUTS, expected_value, scale_values
 from recone_lite.rewards import parse_rating
-from recone_lite.runs import RECIPE_YAML
+from recone_lite.run_settings import PROMPT_KEYS, RunDefaults, export_defaults, run_defaults
 
 BackendName = Literal["hf", "openai", "vllm"]
 DEFAULT_BATCH = {"hf": 8, "openai": 8, "vllm": 256}
+DEFAULT_MAX_NEW_TOKENS = 512  # without a run or an export that records its own
 
 
 # --- requests in ------------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def predict(
     scale: str | None = None,
     max_prompt_tokens: int | None = None,
     batch_size: int | None = None,
-    max_new_tokens: int = 512,
+    max_new_tokens: int | None = None,
     temperature: float = 0.0,
     samples: int = 1,
     seed: int | None = None,
@@ -294,7 +295,7 @@ def predict(
     concurrency: int = 8,
     trust_remote_code: bool = False,
     dtype: str = "auto",
-    quantization: str = "none",
+    quantization: str | None = None,
     readout: str | None = None,
     prompt: dict[str, Any] | None = None,
     stdout: IO[str] | None = None,
@@ -302,22 +303,27 @@ def predict(
 ) -> Counts:
     """The `predict` command: check the options and files, load the backend, stream the rows.
 
-    Without `model`, the base comes from the `--adapter` run folder; the run's template, prompt
-    budget, rating scale and readout are the defaults whenever `adapter` is a run folder (an
-    explicit option still wins); stderr says which setting came from where.
+    Without `model`, the base comes from the `--adapter` run folder. The prompt and decoding
+    settings (template, prompt style and budget, readout, answer length, scale, quantization)
+    default to what the `--adapter` run's recipe says, else to what an exported `--model`'s
+    recone.json records (run_settings.py), so a prediction builds the prompt training built;
+    an explicit option always wins; stderr says which setting came from where.
     """
     # 1. Everything that can be checked without a model, before loading one.
     if backend not in DEFAULT_BATCH:
         raise InputError(f"unknown backend {backend!r}; choose hf, openai or vllm", field="backend")
     if backend == "openai" and not base_url:
         raise InputError("--backend openai needs --base-url URL", field="base_url")
-    if backend == "openai" and (adapter or gguf_file):
+    if backend == "openai" and gguf_file:
         raise InputError(
-            "with --backend openai, --model names the served model or adapter", field="adapter"
+            "with --backend openai, --model names the served model or adapter", field="gguf_file"
         )
-    # A `train` / `sft` run folder records the base, template, budget, scale and readout.
+    if backend == "openai" and adapter and not model:
+        raise InputError("with --backend openai, --model names the served model or adapter "
+                         "(--adapter RUN only gives the run's settings)", field="model")
+    # A `train` / `sft` run folder (or an adapter-only export) records the base and settings.
     run = run_defaults(adapter) if adapter is not None else RunDefaults()
-    taken: list[str] = []  # "setting value (where from)", for the line on stderr
+    taken: list[str] = []  # "setting value (where from)", for the lines on stderr
     max_seq_length = None
     if model is None:
         if run.model is None:
@@ -327,33 +333,44 @@ def predict(
         model, max_seq_length = run.model, run.max_seq_length
         gguf_file = gguf_file or run.gguf_file
         taken.append(f"model {model} ({run.source('model')})")
-    # A folder from `recone-lite export --merged` records its template and scale (recone.json).
-    recorded = read_recone_json(model) if backend != "openai" else {}
-    if template is None:
-        template = run.template or recorded.get("template") or "reczero"
-        if run.template:
-            taken.append(f"template {template} ({run.source('template')})")
-    elif (run.template or recorded.get("template")) not in (None, template):
+    # An export (merged folder, GGUF, or adapter-only folder) records its run's settings.
+    exported = export_defaults(model, gguf_file)
+    from_export: list[str] = []
+
+    def recorded(name: str, given: Any, default: Any) -> Any:
+        """The option when given, else the run's setting, else the export's, else `default`."""
+        if given is not None:
+            return given
+        for found, said in ((run, taken), (exported, from_export)):
+            value = getattr(found, name)
+            if value is not None:
+                said.append(f"{name} {value} ({found.source(name)})")
+                return value
+        return default
+
+    trained = run.template or exported.template
+    template = recorded("template", template, "reczero")
+    if trained not in (None, template):
         log.warn(f"{adapter if run.template else model} was trained with the "
-                 f"{run.template or recorded['template']} template; predicting with {template}")
+                 f"{trained} template; predicting with {template}")
     if template not in TEMPLATES:
         raise InputError(
             f"unknown template {template!r}; choose {', '.join(TEMPLATES)}", field="template"
         )
-    if max_prompt_tokens is None and run.max_prompt_tokens is not None:
-        max_prompt_tokens = run.max_prompt_tokens
-        taken.append(f"max_prompt_tokens {max_prompt_tokens} ({run.source('max_prompt_tokens')})")
-    if readout is None:
-        readout = run.readout or recorded.get("readout") or "text"
-        if run.readout:
-            taken.append(f"readout {readout} ({run.source('readout')})")
+    max_prompt_tokens = recorded("max_prompt_tokens", max_prompt_tokens, None)
+    max_new_tokens = recorded("max_new_tokens", max_new_tokens, DEFAULT_MAX_NEW_TOKENS)
+    readout = recorded("readout", readout, "text")
     if readout not in READOUTS:
         raise InputError(f"unknown readout {readout!r}; choose text or expected", field="readout")
+    if backend != "openai":
+        quantization = recorded("quantization", quantization, "none")
     given = {k: v for k, v in (prompt or {}).items() if v is not None}
-    from_run = {k: v for k, v in run.prompt.items() if k not in given}
+    style_from = run if run.prompt else exported
+    from_run = {k: v for k, v in style_from.prompt.items() if k not in given}
     if from_run:
-        taken.append(", ".join(f"{k} {v}" for k, v in from_run.items())
-                     + f" ({run.source('prompt')})")
+        (taken if style_from is run else from_export).append(
+            ", ".join(f"{k} {v}" for k, v in from_run.items())
+            + f" ({style_from.source('prompt')})")
     style = PromptStyle(**{**from_run, **given})
     if style.system not in ("full", "compact"):
         raise InputError(f"unknown system prompt {style.system!r}; choose full or compact",
@@ -374,13 +391,16 @@ def predict(
         raise InputError("--resume needs --out FILE", field="resume")
     if out is not None:
         check_out(Path(out), resume)
-    rating_scale, scale_from = _scale(scale, input, recorded.get("rating_scale"), run)
+    rating_scale, scale_from = _scale(scale, input, run, exported)
     if readout == "expected":
         scale_values(rating_scale)  # a scale the readout cannot read fails before the model loads
-    if scale_from == "run":
-        taken.append(f"scale {rating_scale[0]:g},{rating_scale[1]:g} ({run.source('scale')})")
+    if scale_from in ("run", "model"):
+        found, said = (run, taken) if scale_from == "run" else (exported, from_export)
+        said.append(f"scale {rating_scale[0]:g},{rating_scale[1]:g} ({found.source('scale')})")
     if taken:
         log.info(f"predict: from the run {adapter}: {', '.join(taken)}")
+    if from_export:
+        log.info(f"predict: from the export {model}: {', '.join(from_export)}")
     spec = (
         None
         if backend == "openai"
@@ -417,6 +437,18 @@ def predict(
     if first is None:
         run_backend: Backend = lambda reqs: iter(())  # noqa: E731
     elif backend == "openai":
+        found = served_tokenizer(model, run, exported)
+        tokenizer = found[0] if found else None
+        budget = None
+        if found is not None:
+            limit = max_seq_length or ModelSpec(name=model).max_seq_length
+            budget = max_prompt_tokens or max(limit - max_new_tokens, 1)
+            log.info(f"predict: prompts fitted to {budget} tokens with the tokenizer of "
+                     f"{found[1]}, as local prediction fits them")
+        else:
+            log.info(f"predict: no tokenizer for {model} at hand (--adapter RUN gives its base's; "
+                     "a model served under its local path gives its own): the messages go whole, "
+                     "without the prompt budget")
         run_backend = openai_backend(
             base_url=base_url,
             model=model,
@@ -425,6 +457,8 @@ def predict(
             seed=seed,
             style=style,
             readout=readout,
+            tokenizer=tokenizer,
+            max_prompt_tokens=budget,
             **generation,
         )
     else:
@@ -562,6 +596,29 @@ def write_rows(
     return False
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def served_tokenizer(model: str, run: RunDefaults,
+                     exported: RunDefaults) -> tuple[Any, str] | None:
+    """`(tokenizer, its model)` for `--backend openai`'s prompt budget: `--model` when it is a
+    local model folder or GGUF (an export served under its path), else the base recorded by
+    the `--adapter` run or the adapter-only export; None when none of them is at hand."""
+    candidates: list[tuple[str, str | None]] = []
+    local = Path(model).expanduser()
+    if (local.is_file() and local.suffix == ".gguf") or any(
+            (local / name).is_file() for name in TOKENIZER_FILES):
+        candidates.append((model, None))
+    candidates += [(found.model, found.gguf_file) for found in (run, exported) if found.model]
+    for name, gguf in candidates:
+        try:
+            folder, gguf = ModelSpec(name=name, gguf_file=gguf).source()
+            return load_tokenizer(folder, gguf), name
+        except InputError as err:
+            log.warn(f"no tokenizer from {name} for the prompt budget: {err.message}")
+    return None
+
+
 def _spec(
     model: str,
     gguf_file: str | None,
@@ -591,29 +648,27 @@ def _spec(
 
 
 def _scale(
-    scale: str | None, input: str, recorded: list[float] | None = None,
-    run: RunDefaults | None = None,
+    scale: str | None, input: str, run: RunDefaults | None = None,
+    exported: RunDefaults | None = None,
 ) -> tuple[tuple[float, float], str]:
     """`(scale, where from)`: `--scale`, else the manifest.json of a prepared folder holding the
-    input, else the adapter run's data, else the model's recone.json (`recorded`), else 1-5."""
+    input, else the adapter run's data, else the exported model's recone.json, else 1-5."""
     if scale is not None:
         return parse_scale(scale), "option"
     if input != "-" and (Path(input).parent / "manifest.json").is_file():
         return read_scale(Path(input).parent), "input"
     if run is not None and run.scale is not None:
         return run.scale, "run"
-    if recorded:
-        return (float(recorded[0]), float(recorded[1])), "model"
+    if exported is not None and exported.scale is not None:
+        return exported.scale, "model"
     return (1.0, 5.0), "default"
-
-
-PROMPT_KEYS = ("item_history", "stats", "system", "max_history", "cf")  # DataSection -> style
 
 
 def recipe_options(recipe: Any) -> dict[str, Any]:
     """`predict`'s keyword arguments for a loaded recipe's model, prompt and dev evaluation
     (`evaluation.batch_size`, `evaluation.max_new_tokens`): what a bench passes so that it
-    predicts as the recipe's own dev evaluation does. `run_defaults` reads the same from a run.
+    predicts as the recipe's own dev evaluation does. `run_settings.run_defaults` reads the same
+    from a run.
 
     >>> from recone_lite.config import load_recipe
     >>> options = recipe_options(load_recipe("cpu-quality"))
@@ -626,76 +681,6 @@ def recipe_options(recipe: Any) -> dict[str, Any]:
             "batch_size": recipe.evaluation.batch_size,
             "max_new_tokens": recipe.evaluation.max_new_tokens,
             "prompt": {key: getattr(section, key) for key in PROMPT_KEYS}}
-
-
-@dataclasses.dataclass
-class RunDefaults:
-    """What an adapter's run folder (`train` / `sft`) says about predicting with it; None where
-    it says nothing. `sources` names the file each setting came from."""
-
-    model: str | None = None
-    gguf_file: str | None = None
-    max_seq_length: int | None = None
-    template: str | None = None
-    max_prompt_tokens: int | None = None
-    scale: tuple[float, float] | None = None
-    readout: str | None = None
-    prompt: dict[str, Any] = dataclasses.field(default_factory=dict)  # data.item_history ...
-    sources: dict[str, str] = dataclasses.field(default_factory=dict)
-
-    def source(self, name: str) -> str:
-        return self.sources.get(name, "?")
-
-
-def run_defaults(adapter: str | Path) -> RunDefaults:
-    """The base model, template, prompt budget (`data.max_prompt_tokens`), rating scale (the
-    manifest of `data.dir`) and readout (`evaluation.readout`) from the run's recipe.yaml; the
-    base from adapter_config.json when there is no recipe. A plain peft folder gives only that.
-    """
-    import yaml
-
-    folder = Path(adapter).expanduser()
-    config = adapter_config(folder)  # InputError for a missing folder or a non-adapter one
-    found = RunDefaults()
-    recipe_path = folder / RECIPE_YAML
-    recipe: dict[str, Any] = {}
-    if recipe_path.is_file():
-        try:
-            loaded = yaml.safe_load(recipe_path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as err:
-            raise InputError(f"malformed YAML ({type(err).__name__})", path=recipe_path) from None
-        recipe = loaded if isinstance(loaded, dict) else {}
-
-    def section(name: str) -> dict[str, Any]:
-        value = recipe.get(name)
-        return value if isinstance(value, dict) else {}
-
-    where = str(recipe_path)
-    model, data, evaluation = section("model"), section("data"), section("evaluation")
-    if isinstance(model.get("name"), str) and model["name"]:
-        found.model, found.sources["model"] = model["name"], where
-        if isinstance(model.get("gguf_file"), str):
-            found.gguf_file = model["gguf_file"]
-        if isinstance(model.get("max_seq_length"), int) and model["max_seq_length"] > 0:
-            found.max_seq_length = model["max_seq_length"]
-    elif isinstance(config.get("base_model_name_or_path"), str):
-        found.model = config["base_model_name_or_path"]
-        found.sources["model"] = str(folder / "adapter_config.json")
-    if isinstance(data.get("template"), str):
-        found.template, found.sources["template"] = data["template"], where
-    budget = data.get("max_prompt_tokens")
-    if isinstance(budget, int) and not isinstance(budget, bool) and budget > 0:
-        found.max_prompt_tokens, found.sources["max_prompt_tokens"] = budget, where
-    if isinstance(evaluation.get("readout"), str):
-        found.readout, found.sources["readout"] = evaluation["readout"], where
-    found.prompt = {key: data[key] for key in PROMPT_KEYS if data.get(key) is not None}
-    if found.prompt:
-        found.sources["prompt"] = where
-    data_dir = data.get("dir")
-    if isinstance(data_dir, str) and (Path(data_dir) / "manifest.json").is_file():
-        found.scale = read_scale(data_dir)
-        found.sources["scale"] = str(Path(data_dir) / "manifest.json")
-    return found
 
 
 def summary(counts: Counts, wall: float, out: str | None = None) -> str:

@@ -358,7 +358,11 @@ def test_gguf_runs_llama_cpp_converter_then_quantize(tiny, tmp_path):
     summary = export(tiny["run"], gguf=out / "q4.gguf", merged=out / "merged", quant="q4_k_m",
                      llama_cpp=llama, verify=False)
     assert (out / "q4.gguf").read_bytes() == b"GGUF Q4_K_M" and summary["gguf_bytes"] == 11
-    assert sorted(p.name for p in out.iterdir()) == ["m.gguf", "merged", "q4.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["m.gguf", "m.recone.json", "merged",
+                                                     "q4.gguf", "q4.recone.json"]
+    record = json.loads((out / "q4.recone.json").read_text())  # the run's settings, for predict
+    assert record["kind"] == "gguf" and record["quant"] == "q4_k_m"
+    assert record["predict"]["template"] == "none" and record["predict"]["rating_scale"] == [1, 5]
     quantize.unlink()
     with pytest.raises(ReconeError, match="needs llama.cpp's llama-quantize"):
         export(tiny["run"], gguf=out / "q5.gguf", quant="q5_k_m", llama_cpp=llama)
@@ -389,3 +393,99 @@ def test_smollm2_merged_predicts_like_base_plus_adapter(smollm2_dir, tmp_path):
     assert len(from_merged) == 5
     assert [(r["rating"], r["completion"]) for r in from_merged] == [
         (r["rating"], r["completion"]) for r in with_adapter]
+
+
+@pytest.mark.slow
+def test_an_export_predicts_with_its_runs_prompt_and_settings(tiny_dir, tmp_path, monkeypatch,
+                                                             capsys):
+    """A trained run (2 GRPO steps on conftest's tiny model) whose prompt differs from predict's
+    defaults in every setting a run records: compact system prompt, one history item, a
+    200-token budget, the expected readout, 10 new tokens, a 0-5 scale. `predict --model
+    MERGED` (and `--adapter ADAPTER_ONLY`, `--backend openai --model MERGED`) must build the
+    prompts `predict --adapter RUN` builds, byte for byte, and answer alike (greedy, fp32)."""
+    from chat_server import chat_server
+    from training_helpers import write_recipe
+
+    from recone_lite import generate, grpo
+    from recone_lite.config import load_recipe
+    from recone_lite.predict import predict
+
+    data = write_prepared(tmp_path / "data", {"train": 8, "dev": 4, "test": 4})
+    (data / "manifest.json").write_text(json.dumps({"rating_scale": [0.0, 5.0]}))
+    run = tmp_path / "run"
+    recipe = write_recipe(tmp_path / "r.yaml", data, run, tiny_dir, evaluation={
+        "readout": "expected", "max_new_tokens": 10, "at_start": False})
+    written = yaml.safe_load(recipe.read_text())
+    written["data"].update(system="compact", max_history=1, max_prompt_tokens=200)
+    recipe.write_text(yaml.safe_dump(written))
+    grpo.train(load_recipe(str(recipe)), recipe_name="test")
+    merged, adapter_only = tmp_path / "merged", tmp_path / "adapter"
+    summary = export(run, merged=merged, adapter_only=adapter_only, dtype="fp32", prompts=1)
+    assert summary["verification"]["greedy_identical"]
+    record = read_recone_json(merged)["predict"]
+    assert record["prompt"]["system"] == "compact" and record["prompt"]["max_history"] == 1
+    assert (record["max_prompt_tokens"], record["readout"], record["max_new_tokens"],
+            record["rating_scale"]) == (200, "expected", 10, [0.0, 5.0])
+
+    requests = tmp_path / "requests.jsonl"  # no manifest.json beside it: the scale is recorded
+    shutil.copyfile(data / "test.jsonl", requests)
+    rendered: list[Any] = []
+    real_render = generate.render_prompt
+
+    def recording(*args: Any, **kwargs: Any) -> Any:  # the real renderer, its results kept
+        rendered.append(real_render(*args, **kwargs))
+        return rendered[-1]
+
+    monkeypatch.setattr(generate, "render_prompt", recording)
+
+    def prompts_and_rows(**options: Any) -> tuple[list[str], list[dict[str, Any]]]:
+        rendered.clear()
+        sink = io.StringIO()
+        predict(str(requests), stdout=sink, **options)
+        return ([r.text for r in rendered],
+                [json.loads(line) for line in sink.getvalue().splitlines()])
+
+    capsys.readouterr()
+    from_run = prompts_and_rows(adapter=str(run))
+    assert "from the run" in capsys.readouterr().err
+    from_merged = prompts_and_rows(model=str(merged))
+    said = capsys.readouterr().err
+    assert "from the export" in said and "system compact" in said, said
+    from_adapter_export = prompts_and_rows(adapter=str(adapter_only))
+    texts, rows = from_run
+    assert len(texts) == len(rows) == 4
+    assert "Answer only: <rate>one number</rate>" in texts[0]  # the compact system prompt
+    assert "(1 older items omitted)" in texts[0]  # max_history 1
+    assert from_merged[0] == texts and from_adapter_export[0] == texts  # byte-identical prompts
+    for other in (from_merged[1], from_adapter_export[1]):
+        assert [(r["id"], r["completion"], r["tokens"], r["text_rating"]) for r in other] == [
+            (r["id"], r["completion"], r["tokens"], r["text_rating"]) for r in rows]
+        for mine, theirs in zip(other, rows, strict=True):  # expected readout: probs
+            assert mine["probs"] == pytest.approx(theirs["probs"], abs=1e-3)
+    assert all(r["tokens"] <= 10 for r in rows) and "probs" in rows[0]
+    # without the recorded settings the prompt differs: the comparison above can fail
+    assert prompts_and_rows(model=str(tiny_dir), max_new_tokens=2)[0] != texts
+
+    # a server behind --backend openai serving the export under its path gets the same messages
+    with chat_server(reply=lambda messages: "<rate>7</rate>") as server:
+        rendered.clear()
+        predict(str(requests), model=str(merged), backend="openai", base_url=server.url,
+                stdout=io.StringIO(), concurrency=1)
+    local = [r.messages for r in rendered]
+    assert [r["messages"] for r in server.requests] == local and len(local) == 4
+    assert [real_render(json.loads(line), _tokenizer(merged), "none", (0.0, 5.0), 200,
+                        _style(record)).text for line in requests.read_text().splitlines()
+            ] == texts
+    assert {r["max_tokens"] for r in server.requests} == {10}
+
+
+def _tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _style(record: dict[str, Any]) -> Any:
+    from recone_lite.prompts import PromptStyle
+
+    return PromptStyle(**record["prompt"])

@@ -55,6 +55,21 @@ def test_cpu_dry_run_sets_no_gpus_and_passes_flags() -> None:
     assert "--out x/book --resume" in line
 
 
+def test_a_cpu_config_that_would_start_one_process_is_refused(tmp_path: Path) -> None:
+    """`accelerate config` on a CPU writes MULTI_CPU, which accelerate 1.15 launches as ONE
+    process (its simple launcher, without mpirun): a 2-process job would train on one rank."""
+    config = tmp_path / "cpu.yaml"
+    config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\n"
+                      "num_processes: 2\nuse_cpu: true\n")
+    section = LaunchSection(gpus=2, accelerate_config=str(config),
+                            jobs=[Job(name="a", gpus=2)])
+    with pytest.raises(InputError, match="starts one process") as caught:
+        build_commands("r", section)
+    assert caught.value.path == config
+    one = LaunchSection(gpus=1, accelerate_config=str(config), jobs=[Job(name="a", gpus=1)])
+    assert "--config_file" in build_commands("r", one)[0].argv  # one process: fine
+
+
 def test_a_recipe_without_launch_section_is_refused() -> None:
     result = runner.invoke(app, ["launch", "--recipe", "music-grpo", "--dry-run"])
     assert isinstance(result.exception, InputError)

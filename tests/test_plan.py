@@ -95,10 +95,32 @@ def test_memory_terms_move_the_right_way() -> None:
      ("music-grpo", "rtx4060-laptop", "does not fit")],
 )
 def test_recipes_fit_the_hardware_their_headers_name(recipe, device, verdict) -> None:
-    plan = plan_recipe(load_recipe(recipe), device_name=device)
+    plan = plan_recipe(load_recipe(recipe), device_name=device, engine="unsloth")  # the headers'
     assert plan["verdict"] == verdict
     if verdict != "fits":
         assert plan["knobs"] and all(k["peak_gib"] < plan["peak_gib"] for k in plan["knobs"])
+
+
+def test_the_fallback_casts_and_the_expected_readouts_logits_are_counted() -> None:
+    """transformers + peft on a 4-bit base: peft's prepare_model_for_kbit_training casts the
+    embeddings, the untied head and the norms to fp32 (+2 B each: 2.03 GiB on Qwen2.5-7B).
+    The expected readout keeps generate's fp32 logits: 16 x 640 x 152,064 x 4 B = 5.8 GiB."""
+    shape = SHAPES["qwen2.5-7b-instruct"]
+    base = Settings(quantization="4bit", batch=4, generation_batch=8, prompt_tokens=1024,
+                    completion_tokens=256, eval_batch=16, eval_tokens=640)
+    unsloth = estimate(shape, dataclasses.replace(base, engine="unsloth"))
+    fallback = estimate(shape, base)
+    assert unsloth.casts == 0 and fallback.casts == pytest.approx(2.03, abs=0.01)
+    assert fallback.total - unsloth.total == pytest.approx(fallback.casts)
+    assert estimate(shape, dataclasses.replace(base, quantization="none")).casts == 0
+    text = estimate(shape, base)
+    expected = estimate(shape, dataclasses.replace(base, readout="expected"))
+    assert text.eval_logits == 0
+    assert expected.eval_logits == pytest.approx(5.8 * 1.10, abs=0.05)  # with the CUDA slack
+    assert expected.total > text.total + 4
+    plan = plan_recipe(load_recipe("music-grpo"), device_name="rtx4090", engine="transformers")
+    assert plan["parts_gib"]["casts"] == pytest.approx(2.03, abs=0.01)
+    assert any("engine: transformers" in line for line in plan["checks"])
 
 
 def test_7b_does_not_fit_8gb_even_with_the_8gb_recipes_settings() -> None:
