@@ -111,7 +111,7 @@ def test_overwrite_never_takes_the_current_folder(prepared: Path, tmp_path: Path
     result = run("data", "prepare", "--source", "amazon-2023", "--reviews",
                  amazon_2023(tmp_path / "reviews.jsonl", [("u", "i", 4.0, 1)]), "--out", ".",
                  "--overwrite", cwd=here)
-    one_line(result.stderr, result.returncode, "no manifest.json", "not a prepared data folder")
+    one_line(result.stderr, result.returncode, "is the current folder", "never replaced")
     assert snapshot(here) == before and hidden(here) == [] and hidden(tmp_path) == []
     run_here = tmp_path / "a-run"  # even a run folder is not moved away from under the shell
     old = fake_run(run_here)

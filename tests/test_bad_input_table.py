@@ -1,0 +1,156 @@
+"""Issue 25: bad inputs walked through the real command line, one table row per case.
+
+Each row is a command (run in this process through the console entry point, so the heavy
+imports are paid once), the exit code it must end with, words its one `error:` line must hold,
+and the folder it runs in. Every case runs in a fresh copy of one small world (prepared data,
+a folder of someone else's files, a finished run, an export, requests) and every file and folder
+of that world must be byte-identical afterwards. No case loads a model: each check comes first.
+A new case is one line in CASES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from training_helpers import main, write_prepared
+
+
+class Case(NamedTuple):
+    name: str
+    args: str  # split on spaces; {w} is the world's root
+    code: int
+    words: tuple[str, ...]
+    cwd: str = "."  # relative to the world's root
+
+
+TRACES = "traces make --teacher template --data"  # offline: no server needed
+
+CASES = [
+    # --- item 1: one guarded way to write a user's path -----------------------------------------
+    Case("traces-out-onto-a-folder", TRACES + " {w}/data --out {w}/victim", 2,
+         ("victim", "--out", "is a folder")),
+    Case("traces-out-dot", TRACES + " {w}/data --out .", 2,
+         ("--out", "current folder")),
+    Case("traces-out-onto-the-folder-it-runs-in", TRACES + " ../data --out ../inner", 2,
+         ("--out", "current folder"), "inner"),
+    Case("traces-dropped-file-onto-a-folder",
+         TRACES + " {w}/data --out {w}/inner/t.jsonl", 2,
+         ("t.dropped.jsonl", "is a folder")),
+    Case("prepare-overwrite-someone-elses-folder",
+         "data prepare --source amazon-2023 --reviews {w}/reviews.jsonl --out {w}/victim "
+         "--overwrite", 2, ("victim", "no manifest.json")),
+    Case("prepare-overwrite-dot-in-an-empty-folder",
+         "data prepare --source amazon-2023 --reviews ../reviews.jsonl --out . --overwrite", 2,
+         ("--out", "current folder"), "empty"),
+    Case("prepare-overwrite-the-folder-it-runs-in",
+         "data prepare --source amazon-2023 --reviews ../reviews.jsonl --out ../inner "
+         "--overwrite", 2, ("--out", "current folder"), "inner"),
+    Case("export-adapter-only-onto-someone-elses-folder",
+         "export --adapter {w}/adapter --adapter-only {w}/victim --overwrite", 2,
+         ("victim", "--adapter-only", "no recone.json")),
+    Case("export-adapter-only-dot", "export --adapter ../adapter --adapter-only . --overwrite",
+         2, ("--adapter-only", "current folder"), "empty"),
+    Case("export-merged-onto-someone-elses-folder",
+         "export --adapter {w}/adapter --merged {w}/victim --overwrite", 2,
+         ("victim", "--merged", "no recone.json")),
+    Case("export-gguf-onto-a-folder",
+         "export --adapter {w}/adapter --gguf {w}/victim --overwrite --llama-cpp {w}/llama.cpp", 2,
+         ("victim", "--gguf", "not a file")),
+    Case("report-out-someone-elses-folder", "report {w}/run --out {w}/victim", 2,
+         ("victim", "no report.html")),
+    Case("report-out-dot", "report {w}/run --out .", 2, ("current folder",), "inner"),
+    Case("predict-out-a-folder", "predict {w}/requests.jsonl --model {w}/empty --out {w}/victim",
+         2, ("victim", "is a folder")),
+]
+
+
+def tree(root: Path) -> dict[str, str | None]:
+    """Every path under `root`: a file's sha256, None for a folder."""
+    return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest()
+                                       if p.is_file() else None)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The files a user has around the commands: built once, copied for each case."""
+    root = tmp_path_factory.mktemp("world") / "w"
+    write_prepared(root / "data", {"train": 4, "dev": 2, "test": 2, "coldstart": 2})
+    (root / "victim" / "src").mkdir(parents=True)
+    (root / "victim" / "notes.txt").write_text("my notes")
+    (root / "victim" / "src" / "main.py").write_text("print('mine')\n")
+    (root / "inner").mkdir()
+    (root / "inner" / "mine.txt").write_text("mine")
+    (root / "inner" / "t.dropped.jsonl").mkdir()  # a folder where a file would go
+    (root / "empty").mkdir()
+    (root / "llama.cpp").mkdir()
+    (root / "llama.cpp" / "convert_hf_to_gguf.py").write_text("raise SystemExit(1)\n")
+    (root / "reviews.jsonl").write_text(json.dumps(
+        {"user_id": "u", "parent_asin": "i", "rating": 4.0, "timestamp": 1000}) + "\n")
+    (root / "requests.jsonl").write_text(json.dumps(
+        {"id": "r1", "history": [], "target": {"title": "T"}}) + "\n")
+    run = root / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (run / "recipe.yaml").write_text("model: {name: some-base}\n")
+    (run / "run.json").write_text(json.dumps({"status": "finished", "global_step": 2}))
+    (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    adapter = root / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps(
+        {"peft_type": "LORA", "base_model_name_or_path": "some-base", "r": 8,
+         "target_modules": ["q_proj"]}))
+    (adapter / "adapter_model.safetensors").write_bytes(b"not read before the checks")
+    return root
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input(case: Case, world: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                   monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "w"
+    shutil.copytree(world, root)
+    before = tree(tmp_path)
+    monkeypatch.chdir(root / case.cwd)
+    code, _, err = main(capsys, *case.args.format(w=root).split())
+    assert code == case.code, err
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: "), err
+    for word in case.words:
+        assert word in last, (word, last)
+    assert tree(tmp_path) == before
+
+
+# --- the guard inside atomic_path itself (what every writer goes through) ------------------------
+
+
+def test_a_folder_that_appears_at_the_final_name_is_not_replaced(tmp_path: Path) -> None:
+    from recone_lite.errors import InputError
+    from recone_lite.jsonl import atomic_path
+
+    final = tmp_path / "p.jsonl"
+    with pytest.raises(InputError, match="is a folder"), atomic_path(final) as tmp:
+        tmp.write_text("new")
+        (final / "theirs").mkdir(parents=True)  # made by someone else while we wrote
+        (final / "theirs" / "a.txt").write_text("theirs")
+    assert tree(tmp_path) == {"p.jsonl": None, "p.jsonl/theirs": None,
+                              "p.jsonl/theirs/a.txt": hashlib.sha256(b"theirs").hexdigest()}
+
+
+def test_what_a_killed_write_moved_aside_is_put_back(tmp_path: Path) -> None:
+    from recone_lite.jsonl import REPLACED, WRITER_LOCK, remove_stale
+
+    final = tmp_path / "prepared"
+    dead = 2**22 + 12345  # above the usual pid_max: no such process
+    aside = tmp_path / f".prepared.{dead}.abcd.tmp"
+    (aside / REPLACED).mkdir(parents=True)
+    (aside / REPLACED / "manifest.json").write_text("{}")
+    (aside / WRITER_LOCK).touch()  # its writer's lock, held by nobody now
+    remove_stale(final)
+    assert tree(tmp_path) == {"prepared": None, "prepared/manifest.json":
+                              hashlib.sha256(b"{}").hexdigest()}
