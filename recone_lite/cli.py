@@ -585,6 +585,9 @@ Resume = Annotated[
                        "same total step count")
 ]
 Overwrite = Annotated[bool, typer.Option(help="replace a finished or unfinished run in --out")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    help="allow a recipe (or a run's recipe.yaml) that asks for model.trust_remote_code to run "
+    "the model repository's own Python code (only models you trust)")]
 DryRun = Annotated[
     bool, typer.Option(help="check recipe and data, load the tokenizer, render one prompt, print "
                        "the plan (steps, memory estimate) and exit")
@@ -600,6 +603,7 @@ def train(
     resume: Resume = False,
     overwrite: Overwrite = False,
     dry_run: DryRun = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """GRPO (RecZero) on a LoRA/QLoRA adapter with the rule reward; TRL's GRPOTrainer.
 
@@ -617,7 +621,8 @@ def train(
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.training import resolve_recipe
 
-    spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    spec = resolve_recipe(recipe, overrides, out, init_adapter,
+                          trust_remote_code=trust_remote_code)
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite import grpo
 
@@ -641,6 +646,7 @@ def sft(
     resume: Resume = False,
     overwrite: Overwrite = False,
     dry_run: DryRun = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """SFT of a LoRA adapter on reasoning traces (RecOne's cold start); TRL's SFTTrainer.
 
@@ -667,7 +673,8 @@ def sft(
         recipe, picked, why = pick_recipe(traces)
         overrides = [*picked, *(overrides or [])]  # the command line's overrides still win
         info(f"sft: no --recipe given; using {recipe} ({why})")
-    spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    spec = resolve_recipe(recipe, overrides, out, init_adapter,
+                          trust_remote_code=trust_remote_code)
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite import sft as sft_module
 
@@ -779,6 +786,9 @@ def export(
     scale: Annotated[str | None, typer.Option(
         help="rating scale MIN,MAX to record when no prepared data says it")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="let the base run its repository's own Python code (only models you trust; "
+        "never taken from the run's recipe.yaml)")] = False,
 ) -> None:
     """Export a trained adapter for serving: merged 16-bit weights, a clean adapter for vLLM's
     multi-LoRA serving, or a GGUF for llama.cpp. Export time and sizes on stderr, a JSON summary
@@ -797,7 +807,8 @@ def export(
     typer.echo(dumps(run_export(
         adapter, merged=merged, adapter_only=adapter_only, gguf=gguf, base=base, dtype=dtype,
         quant=quant, llama_cpp=llama_cpp, verify=verify, verify_only=verify_only,
-        overwrite=overwrite, template=template, scale=scale, data=data)))
+        overwrite=overwrite, template=template, scale=scale, data=data,
+        trust_remote_code=trust_remote_code)))
 
 
 # --- scaling commands (plan / launch) ----------------------------------------------------------

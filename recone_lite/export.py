@@ -260,6 +260,7 @@ def export(
     scale: str | None = None,
     data: str | Path | None = None,
     prompts: int = 3,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The `export` command: every check first, then each output under a temporary name.
     Returns the summary printed as JSON (paths, sizes, seconds, the verification report)."""
@@ -267,7 +268,8 @@ def export(
     if verify_only:
         if merged is None:
             raise InputError("--verify-only checks an existing --merged DIR", field="merged")
-        report = verify_merged(merged, adapter=adapter, base=base, data=data, prompts=prompts)
+        report = verify_merged(merged, adapter=adapter, base=base, data=data, prompts=prompts,
+                               trust_remote_code=trust_remote_code)
         if not report.ok:
             raise ReconeError(f"{merged} does not match base + adapter: {report.problem}")
         return {"merged": str(merged), "verification": dataclasses.asdict(report),
@@ -283,7 +285,8 @@ def export(
     if len({p.expanduser().resolve() for p in outputs.values()}) < len(outputs):
         raise InputError("--merged, --adapter-only and --gguf must be different paths")
     tools = find_llama_cpp(Path(llama_cpp) if llama_cpp else None, quant) if gguf else None
-    source = resolve_source(adapter, base, template=template, scale=scale, data=data)
+    source = resolve_source(adapter, base, template=template, scale=scale, data=data,
+                            trust_remote_code=trust_remote_code)
     keep = [source.adapter.resolve()]
     if Path(source.base.source()[0]).expanduser().exists():
         keep.append(Path(source.base.source()[0]).expanduser().resolve())

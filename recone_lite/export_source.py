@@ -62,9 +62,12 @@ def resolve_source(
     template: str | None = None,
     scale: str | tuple[float, float] | None = None,
     data: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Source:
     """Read an adapter folder and find its base: `base`, else the run's recipe.yaml `model`,
-    else adapter_config.json's `base_model_name_or_path`. InputError for what is missing."""
+    else adapter_config.json's `base_model_name_or_path`. InputError for what is missing.
+    The base runs its repository's own code only when `trust_remote_code` (the command line's
+    --trust-remote-code) says so: a recipe.yaml asking for it without that is refused."""
     from pydantic import ValidationError
 
     folder = Path(adapter).expanduser()
@@ -81,10 +84,14 @@ def resolve_source(
     name = base or section.get("name") or config.get("base_model_name_or_path")
     if not name:
         raise InputError("the adapter records no base model; pass --base MODEL", field="base")
-    keep = ("trust_remote_code", "max_seq_length") if base else ("gguf_file", "trust_remote_code",
-                                                                  "max_seq_length")
+    if section.get("trust_remote_code") and not base and not trust_remote_code:
+        raise InputError("asks for model.trust_remote_code: true, which runs the model "
+                         "repository's own Python code; pass --trust-remote-code to allow it",
+                         path=folder / RECIPE_YAML)
+    keep = ("max_seq_length",) if base else ("gguf_file", "max_seq_length")
     try:
-        spec = ModelSpec(name=str(name), **{k: section[k] for k in keep if k in section})
+        spec = ModelSpec(name=str(name), trust_remote_code=trust_remote_code,
+                         **{k: section[k] for k in keep if k in section})
     except ValidationError as err:
         raise InputError(err.errors()[0]["msg"], field="base") from None
     template = template or data_section.get("template")

@@ -281,9 +281,10 @@ def atomic_path(final: str | Path, *, marker: Markers | None = None) -> Iterator
     is replaced only when `marker` names the file that proves it ours and `folder_problem` finds
     nothing against it (checked before the block and again at the rename: InputError then, and
     nothing is touched); it is moved aside, put back if the rename fails (or by the next write
-    when the process was killed in between), and removed once the new one is in place. Nothing is left under the final
-    name when the block raises; the temporary folder `.NAME.PID.XXXX.tmp` is removed then, on
-    SIGTERM and SIGINT too, and by the next write of `final` if the process was killed outright.
+    when the process was killed in between), and removed once the new one is in place. Nothing
+    is left under the final name when the block raises; the temporary folder
+    `.NAME.PID.XXXX.tmp` is removed then, on SIGTERM and SIGINT too, and by the next write of
+    `final` if the process was killed outright.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())

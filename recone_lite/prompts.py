@@ -423,8 +423,7 @@ def load_tokenizer(path: str | Path, gguf_file: str | None = None,
     if gguf_file and not (local / gguf_file).is_file():
         raise InputError(f"no GGUF file {gguf_file} in this folder", path=path)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    if trust_remote_code:
-        options["trust_remote_code"] = True
+    options["trust_remote_code"] = bool(trust_remote_code)  # False, not None: never a prompt
     try:
         return AutoTokenizer.from_pretrained(str(path), **options)
     except (OSError, ValueError) as err:  # not a tokenizer folder; unknown hub id, or no network

@@ -431,13 +431,22 @@ def sft_config(values: dict[str, Any], recipe: Recipe, out: Path) -> Any:
 
 
 def resolve_recipe(
-    name: str, overrides: list[str] | None, out: Path | None, init_adapter: Path | None
+    name: str, overrides: list[str] | None, out: Path | None, init_adapter: Path | None,
+    *, trust_remote_code: bool = False,
 ) -> Recipe:
     """The recipe with the command line's overrides, `--out` and `--init-adapter` applied (the
     run saves it so, and `--resume` compares against it). Unsloth is imported first, before the
-    recipe's validation imports trl."""
+    recipe's validation imports trl. A recipe asking for `model.trust_remote_code` is refused
+    unless the command line said `--trust-remote-code` (`trust_remote_code`)."""
     import_unsloth_first()
     recipe = load_recipe(name, overrides)
+    if recipe.model.trust_remote_code and not trust_remote_code:
+        asked = [o for o in overrides or [] if o.split("=", 1)[0].strip() ==
+                 "model.trust_remote_code"]
+        where = f"the override {asked[-1]}" if asked else str(resolve_recipe_path(name))
+        raise InputError(f"{where} asks for model.trust_remote_code: true, which runs the model "
+                         "repository's own Python code; pass --trust-remote-code on the command "
+                         "line to allow it")
     check_report_to(recipe, resolve_recipe_path(name))  # trainer_config checks again, for the API
     update: dict[str, Any] = {}
     if out is not None:

@@ -64,6 +64,24 @@ CASES = [
     Case("report-out-someone-elses-folder", "report {w}/run --out {w}/victim", 2,
          ("victim", "no report.html")),
     Case("report-out-dot", "report {w}/run --out .", 2, ("current folder",), "inner"),
+    # --- item 2: remote code only on an explicit command-line flag ----------------------------
+    Case("train-recipe-asks-for-remote-code", "train --recipe {w}/trust.yaml --dry-run", 2,
+         ("trust.yaml", "trust_remote_code", "--trust-remote-code")),
+    Case("train-override-asks-for-remote-code",
+         "train --recipe cpu-demo model.trust_remote_code=true --dry-run", 2,
+         ("the override model.trust_remote_code=true", "--trust-remote-code")),
+    Case("sft-recipe-asks-for-remote-code",
+         "sft --traces {w}/requests.jsonl --recipe {w}/trust.yaml --dry-run", 2,
+         ("trust.yaml", "--trust-remote-code")),
+    Case("demo-override-asks-for-remote-code",
+         "demo model.trust_remote_code=true --data {w}/data --out {w}/demo-run", 2,
+         ("the override model.trust_remote_code=true", "--trust-remote-code")),
+    Case("export-run-recipe-asks-for-remote-code",
+         "export --adapter {w}/run-trust --adapter-only {w}/out", 2,
+         ("run-trust/recipe.yaml", "--trust-remote-code")),
+    Case("export-base-with-custom-code-is-not-run-nor-asked",
+         "export --adapter {w}/run-trust --base {w}/custom --adapter-only {w}/out", 2,
+         ("custom", "contains custom code")),
     Case("predict-out-a-folder", "predict {w}/requests.jsonl --model {w}/empty --out {w}/victim",
          2, ("victim", "is a folder")),
 ]
@@ -100,12 +118,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / "recipe.yaml").write_text("model: {name: some-base}\n")
     (run / "run.json").write_text(json.dumps({"status": "finished", "global_step": 2}))
     (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    (root / "trust.yaml").write_text("extends: cpu-demo\nmodel:\n  trust_remote_code: true\n")
+    custom = root / "custom"  # a base whose own code would leave a file if it ran
+    custom.mkdir()
+    (custom / "config.json").write_text(json.dumps(
+        {"model_type": "custom-x", "architectures": ["XForCausalLM"],
+         "auto_map": {"AutoConfig": "configuration_x.XConfig",
+                      "AutoModelForCausalLM": "modeling_x.XForCausalLM"}}))
+    (custom / "configuration_x.py").write_text(
+        "import pathlib\npathlib.Path(__file__).with_name('RAN').touch()\n"
+        "from transformers import PretrainedConfig\n"
+        "class XConfig(PretrainedConfig):\n    model_type = 'custom-x'\n")
     adapter = root / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps(
         {"peft_type": "LORA", "base_model_name_or_path": "some-base", "r": 8,
          "target_modules": ["q_proj"]}))
     (adapter / "adapter_model.safetensors").write_bytes(b"not read before the checks")
+    shutil.copytree(adapter, root / "run-trust")
+    (root / "run-trust" / "recipe.yaml").write_text(
+        "model:\n  name: some-base\n  trust_remote_code: true\n")
     return root
 
 
@@ -154,3 +186,11 @@ def test_what_a_killed_write_moved_aside_is_put_back(tmp_path: Path) -> None:
     remove_stale(final)
     assert tree(tmp_path) == {"prepared": None, "prepared/manifest.json":
                               hashlib.sha256(b"{}").hexdigest()}
+
+
+def test_the_flag_lets_a_recipe_run_remote_code(world: Path) -> None:
+    from recone_lite.training import resolve_recipe
+
+    recipe = resolve_recipe(str(world / "trust.yaml"), None, None, None, trust_remote_code=True)
+    assert recipe.model.trust_remote_code is True
+    assert resolve_recipe("cpu-demo", None, None, None).model.trust_remote_code is False
