@@ -60,6 +60,7 @@ def version() -> None:
 
 # --- data commands (data prepare / data stats / data show) -------------------------------------
 
+MAX_INT = 2**31 - 1  # integer options: a 20-digit value is a usage error, not an overflow
 _SOURCE_HELP = f"raw format, one of: {', '.join(SOURCES)} (see docs/data.md)"
 
 
@@ -73,24 +74,33 @@ def data_prepare(
     meta: Annotated[Path | None, typer.Option(
         help="item meta file (plain or .gz); optional, items without meta get {}")] = None,
     k_core: Annotated[int, typer.Option(
-        min=0, help="drop users and items with fewer interactions, repeated until stable")] = 5,
+        min=0, max=MAX_INT,
+        help="drop users and items with fewer interactions, repeated until stable")] = 5,
     history: Annotated[int, typer.Option(
-        min=0, help="most recent earlier interactions kept as each example's history")] = 10,
+        min=0, max=MAX_INT,
+        help="most recent earlier interactions kept as each example's history")] = 10,
     review_chars: Annotated[int, typer.Option(
-        min=0, help="review text is cut to this many characters")] = 300,
+        min=0, max=MAX_INT,
+        help="review text is cut to this many characters")] = 300,
     item_history: Annotated[int, typer.Option(
-        min=0, help="the target item's most recent earlier train ratings by other users, kept "
+        min=0, max=MAX_INT,
+        help="the target item's most recent earlier train ratings by other users, kept "
         "as each example's item_history (0: none)")] = 5,
     item_review_chars: Annotated[int, typer.Option(
-        min=0, help="item_history review text is cut to this many characters")] = 120,
+        min=0, max=MAX_INT,
+        help="item_history review text is cut to this many characters")] = 120,
     coldstart: Annotated[int, typer.Option(
-        min=0, help="size of the cold-start pool, drawn from the train targets")] = 1000,
-    seed: Annotated[int, typer.Option(help="seed of the cold-start draw")] = 0,
+        min=0, max=MAX_INT,
+        help="size of the cold-start pool, drawn from the train targets")] = 1000,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_INT,
+        help="seed of the cold-start draw")] = 0,
     time_cutoff: Annotated[str | None, typer.Option(
         help="split by time instead: DEV_START,TEST_START (dates like 2015-06-01 or epoch "
         "seconds, UTC)")] = None,
     min_history: Annotated[int, typer.Option(
-        min=0, help="train targets need at least this many earlier interactions")] = 1,
+        min=0, max=MAX_INT,
+        help="train targets need at least this many earlier interactions")] = 1,
     rating_scale: Annotated[str | None, typer.Option(
         help="MIN,MAX rating scale, overriding the source's (e.g. 0.5,5)")] = None,
     salvage: Annotated[bool, typer.Option(

@@ -26,6 +26,7 @@ class Case(NamedTuple):
     code: int
     words: tuple[str, ...]
     cwd: str = "."  # relative to the world's root
+    usage: bool = False  # a usage error click reports (its box, not our `error:` line)
 
 
 TRACES = "traces make --teacher template --data"  # offline: no server needed
@@ -82,6 +83,30 @@ CASES = [
     Case("export-base-with-custom-code-is-not-run-nor-asked",
          "export --adapter {w}/run-trust --base {w}/custom --adapter-only {w}/out", 2,
          ("custom", "contains custom code")),
+    # --- item 3: value ranges at validation time -----------------------------------------------
+    Case("recipe-with-a-duplicate-key", "recipes validate {w}/dup.yaml", 2,
+         ("dup.yaml:4:", "duplicate key 'grpo'")),
+    Case("recipe-with-a-negative-learning-rate", "recipes validate {w}/bad-lr.yaml", 2,
+         ("bad-lr.yaml", "grpo.learning_rate", "> 0")),
+    Case("override-num-generations-0-dry-run",
+         "train --recipe cpu-demo grpo.num_generations=0 --dry-run", 2,
+         ("override 'grpo.num_generations=0'", "at least 2")),
+    Case("override-num-generations-1-plan", "plan --recipe cpu-demo grpo.num_generations=1", 2,
+         ("override 'grpo.num_generations=1'", "at least 2")),
+    Case("override-infinite-learning-rate", "recipes show cpu-demo grpo.learning_rate=.inf", 2,
+         ("override 'grpo.learning_rate=.inf'", "finite")),
+    Case("override-nan-temperature", "train --recipe cpu-demo grpo.temperature=.nan --dry-run",
+         2, ("grpo.temperature", "finite")),
+    Case("override-zero-completion-length",
+         "train --recipe cpu-demo grpo.max_completion_length=0 --dry-run", 2,
+         ("grpo.max_completion_length", "> 0")),
+    Case("override-20-digit-size", "plan --recipe cpu-demo data.max_history=99999999999999999999",
+         2, ("override 'data.max_history=99999999999999999999'", "too large")),
+    Case("override-zero-warmup-learning-rate",
+         "recipes show cpu-demo warmup.learning_rate=.inf", 2, ("warmup.learning_rate", "finite")),
+    Case("prepare-20-digit-history",
+         "data prepare --source amazon-2023 --reviews {w}/reviews.jsonl --out {w}/new "
+         "--history 99999999999999999999", 2, ("--history",), usage=True),
     Case("predict-out-a-folder", "predict {w}/requests.jsonl --model {w}/empty --out {w}/victim",
          2, ("victim", "is a folder")),
 ]
@@ -118,6 +143,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (run / "recipe.yaml").write_text("model: {name: some-base}\n")
     (run / "run.json").write_text(json.dumps({"status": "finished", "global_step": 2}))
     (run / "log.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n")
+    (root / "dup.yaml").write_text("extends: cpu-demo\ngrpo:\n  learning_rate: 1.0e-5\n"
+                                   "grpo:\n  max_steps: 2\n")
+    (root / "bad-lr.yaml").write_text("extends: cpu-demo\ngrpo:\n  learning_rate: -1.0e-5\n")
     (root / "trust.yaml").write_text("extends: cpu-demo\nmodel:\n  trust_remote_code: true\n")
     custom = root / "custom"  # a base whose own code would leave a file if it ran
     custom.mkdir()
@@ -152,7 +180,10 @@ def test_bad_input(case: Case, world: Path, tmp_path: Path, capsys: pytest.Captu
     assert code == case.code, err
     assert "Traceback" not in err, err
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: "), err
+    if case.usage:  # click's usage box: the words somewhere in it
+        last = " ".join(err.split())
+    else:
+        assert last.startswith("error: "), err
     for word in case.words:
         assert word in last, (word, last)
     assert tree(tmp_path) == before
