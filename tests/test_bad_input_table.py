@@ -225,3 +225,55 @@ def test_the_flag_lets_a_recipe_run_remote_code(world: Path) -> None:
     recipe = resolve_recipe(str(world / "trust.yaml"), None, None, None, trust_remote_code=True)
     assert recipe.model.trust_remote_code is True
     assert resolve_recipe("cpu-demo", None, None, None).model.trust_remote_code is False
+
+
+# --- item 4: a malformed reply is a failed row, counted like a 5xx -------------------------------
+
+HTML = (200, "text/html", b"<html><body>502 Bad Gateway (proxy)</body></html>")
+
+
+def test_predict_counts_html_replies_as_failed_rows(world: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from chat_server import chat_server
+
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("".join(json.dumps({"id": f"r{i}", "history": [],
+                                            "target": {"title": "T"}}) + "\n" for i in range(3)))
+    out = tmp_path / "p.jsonl"
+    with chat_server(raw=[HTML]) as server:  # the first request, then good answers
+        code, _, err = main(capsys, "predict", requests, "--backend", "openai", "--base-url",
+                            server.url, "--model", "m", "--out", out, "--concurrency", "1")
+    assert code == 0 and "Traceback" not in err, err
+    assert "1 request errors" in err
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["ok"] for r in rows] == [False, True, True]
+    assert rows[0]["error"].startswith("bad response: not JSON")
+    with chat_server(raw=[HTML] * 3) as server:  # every one: exit 1, one line, nothing written
+        code, _, err = main(capsys, "predict", requests, "--backend", "openai", "--base-url",
+                            server.url, "--model", "m", "--out", tmp_path / "q.jsonl")
+    assert code == 1 and "Traceback" not in err, err
+    assert "all 3 requests failed" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_traces_make_counts_html_replies_as_teacher_errors(world: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    from chat_server import chat_server
+
+    out = tmp_path / "t.jsonl"
+    truncated = (200, "application/json", b'{"choices": [{"index": 0, "mess')
+    with chat_server(raw=[HTML, truncated], reply=lambda m: "<rate>4</rate>") as server:
+        code, stdout, err = main(capsys, "traces", "make", "--data", world / "data", "--split",
+                                 "train", "--out", out, "--base-url", server.url, "--model", "m",
+                                 "--concurrency", "1")
+    assert code == 0 and "Traceback" not in err, err
+    assert json.loads(stdout)["dropped"].get("teacher_error") == 2
+    dropped = [json.loads(line) for line in (tmp_path / "t.dropped.jsonl").read_text()
+               .splitlines() if json.loads(line)["reason"] == "teacher_error"]
+    assert [r["error"].split(":")[0] for r in dropped] == ["bad response"] * 2
+    with chat_server(raw=[HTML] * 2) as server:  # every reply: an outage, one line, exit 1
+        code, stdout, err = main(capsys, "traces", "make", "--data", world / "data", "--out",
+                                 tmp_path / "u.jsonl", "--base-url", server.url, "--model", "m")
+    assert code == 1 and "Traceback" not in err, err
+    assert "all 2 teacher requests failed (first: bad response: not JSON" in err
+    assert not (tmp_path / "u.jsonl").exists()
