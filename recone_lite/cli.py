@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 # imported inside their commands, so that `recone-lite --help` starts fast.
 from recone_lite.baselines import baselines_report, print_baselines
 from recone_lite.data.sources import SOURCES
-from recone_lite.errors import ReconeError
+from recone_lite.errors import InputError, ReconeError
 from recone_lite.evaluate import evaluate, print_report
 from recone_lite.jsonl import dumps
 from recone_lite.log import info, warn
@@ -252,7 +252,10 @@ def baselines(
 
     Example: [bold]recone-lite baselines --data data/ml-100k[/bold]
     """
-    report = baselines_report(data, [s for s in splits.split(",") if s], seed)
+    names = [s.strip() for s in splits.split(",") if s.strip()]
+    if not names:
+        raise InputError(f"names no split ({splits!r}); e.g. dev,test", field="--splits")
+    report = baselines_report(data, names, seed)
     print_baselines(report)
     typer.echo(dumps(report))
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from recone_lite.errors import InputError, ReconeError
+from recone_lite.errors import InputError, ReconeError, no_file
 from recone_lite.log import warn
 
 
@@ -51,7 +51,7 @@ def read_jsonl(
     """
     if stream is None:
         if not Path(path).is_file():
-            raise InputError("no such file", path=path)
+            raise no_file(path=path)
         with open(path, "rb") as handle:  # decoded line by line, so a bad byte names its line
             yield from read_jsonl(path, handle)
         return

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from recone_lite.baselines import BASELINES, LABELS
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, no_file
 from recone_lite.evaluate import print_report
 from recone_lite.jsonl import atomic_path, check_target, read_jsonl
 from recone_lite.log import console, info
@@ -103,7 +103,7 @@ def read_eval(path: Path) -> dict[str, Any]:
     """The JSON `recone-lite eval` printed (or `demo`'s, which holds it under "eval")."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("no such file", path=path)
+        raise no_file(path=path)
     text = path.read_text(encoding="utf-8", errors="replace").strip()
     try:
         report = json.loads(text)

@@ -29,6 +29,7 @@ class Case(NamedTuple):
     usage: bool = False  # a usage error click reports (its box, not our `error:` line)
 
 
+OPENAI = "predict --backend openai --base-url http://127.0.0.1:9/v1 --model m"  # never reached
 TRACES = "traces make --teacher template --data"  # offline: no server needed
 
 CASES = [
@@ -107,6 +108,24 @@ CASES = [
     Case("prepare-20-digit-history",
          "data prepare --source amazon-2023 --reviews {w}/reviews.jsonl --out {w}/new "
          "--history 99999999999999999999", 2, ("--history",), usage=True),
+    # --- item 5: the partial cases ---------------------------------------------------------------
+    Case("predict-input-is-a-folder", OPENAI + " {w}/victim --out {w}/p.jsonl", 2,
+         ("victim", "is a folder, not a file")),
+    Case("predict-out-is-its-input", OPENAI + " {w}/requests.jsonl --out {w}/requests.jsonl "
+         "--resume", 2, ("requests.jsonl", "is the input file")),
+    Case("predict-resume-onto-another-runs-rows", OPENAI + " {w}/requests.jsonl --out "
+         "{w}/other-predictions.jsonl --resume", 2,
+         ("other-predictions.jsonl", "--resume", "not in", "'zz'")),
+    Case("predict-resume-onto-someone-elses-jsonl", OPENAI + " {w}/requests.jsonl --out "
+         "{w}/notes.jsonl --resume", 2, ("notes.jsonl:1:", "not a row of `predict`")),
+    Case("data-stats-on-a-corrupt-manifest", "data stats {w}/bad-data", 2,
+         ("bad-data/manifest.json:1:", "malformed JSON")),
+    Case("eval-predictions-a-folder",
+         "eval --data {w}/data --predictions {w}/victim", 2, ("victim", "is a folder")),
+    Case("baselines-splits-comma", "baselines --data {w}/data --splits ,", 2,
+         ("--splits", "names no split")),
+    Case("demo-data-is-a-file", "demo --data {w}/requests.jsonl --out {w}/demo-run", 2,
+         ("requests.jsonl", "--data", "is a file")),
     Case("predict-out-a-folder", "predict {w}/requests.jsonl --model {w}/empty --out {w}/victim",
          2, ("victim", "is a folder")),
 ]
@@ -146,6 +165,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "dup.yaml").write_text("extends: cpu-demo\ngrpo:\n  learning_rate: 1.0e-5\n"
                                    "grpo:\n  max_steps: 2\n")
     (root / "bad-lr.yaml").write_text("extends: cpu-demo\ngrpo:\n  learning_rate: -1.0e-5\n")
+    (root / "other-predictions.jsonl").write_text('{"id": "zz", "ok": true, "rating": 4}\n')
+    (root / "notes.jsonl").write_text('{"note": "mine"}\n')
+    shutil.copytree(root / "data", root / "bad-data")
+    (root / "bad-data" / "manifest.json").write_text("{broken")
     (root / "trust.yaml").write_text("extends: cpu-demo\nmodel:\n  trust_remote_code: true\n")
     custom = root / "custom"  # a base whose own code would leave a file if it ran
     custom.mkdir()
