@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
+import os
 import random
 import statistics
 import warnings
@@ -26,6 +27,7 @@ from recone_lite.config import (
     check_integrations,
     check_report_to,
     load_recipe,
+    report_to_names,
     resolve_recipe_path,
 )
 from recone_lite.errors import InputError, ReconeError
@@ -45,6 +47,7 @@ from recone_lite.gpu import (
 from recone_lite.models import adapter_config, load_model
 from recone_lite.prepared import iter_split, read_scale
 from recone_lite.prompts import PromptStyle, render_prompt
+from recone_lite.runs import RECIPE_YAML, is_run_dir
 from recone_lite.runtime import cpu_threads, import_unsloth_first, quiet_progress_bars
 from recone_lite.versions import package_version
 
@@ -357,6 +360,10 @@ def trainer_config(section: str, values: dict[str, Any], out: Path, seed: int) -
     capability = cuda_capability() if on_cuda else None
     merged = {**defaults, **values, **device_settings(section, values, on_cuda, capability)}
     check_integrations(section, merged["report_to"])  # before any model loads, dry runs too
+    if "tensorboard" in report_to_names(merged["report_to"]) or merged["report_to"] == "all":
+        # transformers 5 takes TensorBoard's folder from this variable only (else OUT/runs/):
+        # pinned inside the run folder, so a set variable never sends the logs elsewhere
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out) / "runs")
     if section == "grpo":  # the batch layout at the launcher's world size, with its fix
         layout = grpo_layout(merged, world_size_from_env(), trainer_defaults(section))
         if layout.problem:
@@ -449,6 +456,9 @@ def resolve_recipe(
                          "line to allow it")
     check_report_to(recipe, resolve_recipe_path(name))  # trainer_config checks again, for the API
     update: dict[str, Any] = {}
+    path = resolve_recipe_path(name)
+    if out is None and path.name == RECIPE_YAML and is_run_dir(path.parent):
+        out = path.parent  # a run's own recipe.yaml: that run, wherever it has been moved to
     if out is not None:
         update["output_dir"] = str(out)
     if init_adapter is not None:
