@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-from training_helpers import main, write_prepared
+from training_helpers import main, write_prepared, write_template_traces
 
 
 class Case(NamedTuple):
@@ -63,6 +63,19 @@ CASES = [
     Case("export-gguf-onto-a-folder",
          "export --adapter {w}/adapter --gguf {w}/victim --overwrite --llama-cpp {w}/llama.cpp", 2,
          ("victim", "--gguf", "not a file")),
+    Case("train-out-someone-elses-folder",
+         "train --recipe {w}/tiny.yaml --out {w}/victim --overwrite", 2,
+         ("victim", "holds no recone-lite run")),
+    Case("train-out-a-file", "train --recipe {w}/tiny.yaml --out {w}/requests.jsonl", 2,
+         ("requests.jsonl", "not a directory")),
+    Case("train-overwrite-the-run-it-runs-in",
+         "train --recipe ../tiny.yaml --out . --overwrite", 2, ("current folder",), "run"),
+    Case("sft-out-someone-elses-folder",
+         "sft --traces {w}/data/traces.jsonl --recipe {w}/tiny-sft.yaml --out {w}/victim "
+         "--overwrite", 2, ("victim", "holds no recone-lite run")),
+    Case("demo-out-someone-elses-folder",
+         "demo --data {w}/data --out {w}/victim --overwrite", 2,
+         ("victim", "holds no recone-lite run")),
     Case("report-out-someone-elses-folder", "report {w}/run --out {w}/victim", 2,
          ("victim", "no report.html")),
     Case("report-out-dot", "report {w}/run --out .", 2, ("current folder",), "inner"),
@@ -142,7 +155,8 @@ def tree(root: Path) -> dict[str, str | None]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The files a user has around the commands: built once, copied for each case."""
     root = tmp_path_factory.mktemp("world") / "w"
-    write_prepared(root / "data", {"train": 4, "dev": 2, "test": 2, "coldstart": 2})
+    write_template_traces(write_prepared(root / "data", {"train": 4, "dev": 2, "test": 2,
+                                                         "coldstart": 2}))
     (root / "victim" / "src").mkdir(parents=True)
     (root / "victim" / "notes.txt").write_text("my notes")
     (root / "victim" / "src" / "main.py").write_text("print('mine')\n")
@@ -169,6 +183,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "notes.jsonl").write_text('{"note": "mine"}\n')
     shutil.copytree(root / "data", root / "bad-data")
     (root / "bad-data" / "manifest.json").write_text("{broken")
+    tiny = {"model": {"name": "some-base"}, "data": {"dir": str(root / "data")},
+            "output_dir": str(root / "runs" / "tiny")}
+    (root / "tiny.yaml").write_text(json.dumps(tiny))  # JSON is YAML
+    (root / "tiny-sft.yaml").write_text(json.dumps({**tiny, "kind": "sft"}))
     (root / "trust.yaml").write_text("extends: cpu-demo\nmodel:\n  trust_remote_code: true\n")
     custom = root / "custom"  # a base whose own code would leave a file if it ran
     custom.mkdir()
