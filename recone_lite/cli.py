@@ -882,6 +882,7 @@ def launch(
         help="folder of the jobs' run dirs and logs (default: launch.output_dir)")] = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Train several adapters side by side on one node: one `recone-lite train` per job of the
     recipe's launch: section, each on its own GPUs through `accelerate launch` (DDP / DeepSpeed
@@ -896,7 +897,8 @@ def launch(
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.launch import launch_recipe, raise_if_failed
 
-    flags = ["--resume"] * resume + ["--overwrite"] * overwrite
+    flags = (["--resume"] * resume + ["--overwrite"] * overwrite
+             + ["--trust-remote-code"] * trust_remote_code)
     results = launch_recipe(recipe, dry_run=dry_run, cpu=cpu, only=only,
                             output_dir=str(out) if out else None, train_flags=flags)
     for item in results:

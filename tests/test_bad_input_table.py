@@ -91,6 +91,8 @@ CASES = [
     Case("demo-override-asks-for-remote-code",
          "demo model.trust_remote_code=true --data {w}/data --out {w}/demo-run", 2,
          ("the override model.trust_remote_code=true", "--trust-remote-code")),
+    Case("launch-recipe-asks-for-remote-code", "launch --recipe {w}/trust-launch.yaml --dry-run",
+         2, ("job", "trust_remote_code", "--trust-remote-code")),
     Case("export-run-recipe-asks-for-remote-code",
          "export --adapter {w}/run-trust --adapter-only {w}/out", 2,
          ("run-trust/recipe.yaml", "--trust-remote-code")),
@@ -187,6 +189,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "output_dir": str(root / "runs" / "tiny")}
     (root / "tiny.yaml").write_text(json.dumps(tiny))  # JSON is YAML
     (root / "tiny-sft.yaml").write_text(json.dumps({**tiny, "kind": "sft"}))
+    (root / "trust-launch.yaml").write_text(
+        "extends: h20x8-multi-adapter\nmodel:\n  trust_remote_code: true\n")
     (root / "trust.yaml").write_text("extends: cpu-demo\nmodel:\n  trust_remote_code: true\n")
     custom = root / "custom"  # a base whose own code would leave a file if it ran
     custom.mkdir()
