@@ -61,3 +61,16 @@ def no_file(path: str | Path, **where: object) -> InputError:
     """
     message = "is a folder, not a file" if Path(path).is_dir() else "no such file"
     return InputError(message, path=path, **where)  # type: ignore[arg-type]
+
+
+def remote_code_hint(err: BaseException) -> str:
+    """What to add to a load error that transformers raised for a model with its own code (it
+    raises when trust_remote_code is False; it never asks, as we never pass None).
+
+    >>> remote_code_hint(ValueError("The repository x contains custom code which must be run"))
+    ' (its own code runs only with --trust-remote-code)'
+    >>> remote_code_hint(OSError("no config.json"))
+    ''
+    """
+    return " (its own code runs only with --trust-remote-code)" if "custom code" in str(err) \
+        else ""

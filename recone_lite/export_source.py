@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from recone_lite import log
-from recone_lite.errors import InputError, first_line
+from recone_lite.errors import InputError, first_line, remote_code_hint
 from recone_lite.models import ModelSpec, adapter_config, adapter_mismatch, load_model
 from recone_lite.prepared import parse_scale, read_scale
 from recone_lite.prompts import TEMPLATES
@@ -139,8 +139,8 @@ def skeleton(spec: ModelSpec, read_gguf: bool = False) -> Any | None:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code,
                                             **options)
     except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the config of {spec.name}: {first_line(err)}",
-                         field="base") from None
+        raise InputError(f"cannot read the config of {spec.name}: {first_line(err)}"
+                         f"{remote_code_hint(err)}", field="base") from None
     refuse_quantized_base(config, spec.name)
     try:
         with torch.device("meta"):

@@ -98,7 +98,7 @@ CASES = [
          ("run-trust/recipe.yaml", "--trust-remote-code")),
     Case("export-base-with-custom-code-is-not-run-nor-asked",
          "export --adapter {w}/run-trust --base {w}/custom --adapter-only {w}/out", 2,
-         ("custom", "contains custom code")),
+         ("custom", "contains custom code", "--trust-remote-code")),
     # --- item 3: value ranges at validation time -----------------------------------------------
     Case("recipe-with-a-duplicate-key", "recipes validate {w}/dup.yaml", 2,
          ("dup.yaml:4:", "duplicate key 'grpo'")),
@@ -141,6 +141,8 @@ CASES = [
          ("--splits", "names no split")),
     Case("demo-data-is-a-file", "demo --data {w}/requests.jsonl --out {w}/demo-run", 2,
          ("requests.jsonl", "--data", "is a file")),
+    Case("data-stats-tokenizer-with-custom-code-is-not-run-nor-asked",
+         "data stats {w}/data --tokenizer {w}/custom", 2, ("custom", "cannot load a tokenizer")),
     Case("predict-out-a-folder", "predict {w}/requests.jsonl --model {w}/empty --out {w}/victim",
          2, ("victim", "is a folder")),
 ]
