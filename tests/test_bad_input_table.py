@@ -324,3 +324,20 @@ def test_traces_make_counts_html_replies_as_teacher_errors(world: Path, tmp_path
     assert code == 1 and "Traceback" not in err, err
     assert "all 2 teacher requests failed (first: bad response: not JSON" in err
     assert not (tmp_path / "u.jsonl").exists()
+
+
+def test_report_replaces_its_own_folder_whole(world: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    pytest.importorskip("matplotlib", reason="the report extra: pip install -e '.[report]'")
+    run = tmp_path / "run"
+    shutil.copytree(world / "run", run)
+    for _ in range(2):  # the second replaces the first's folder (report.html marks it ours)
+        code, stdout, err = main(capsys, "report", run)
+        assert code == 0, err
+        written = json.loads(stdout)
+        assert Path(written["html"]) == run / "report" / "report.html"
+        assert written["pictures"] and all(Path(p).is_file() for p in written["pictures"])
+        (run / "report" / "old.png").write_bytes(b"from before")
+    assert not [p for p in tmp_path.rglob(".*") if p.name != ".recone-writer.lock"]
+    code, _, err = main(capsys, "report", run)
+    assert code == 0 and not (run / "report" / "old.png").exists()
