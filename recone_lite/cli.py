@@ -370,12 +370,15 @@ def predict(
         ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="requests per generation batch (default 8; vllm 256)")
+        int | None, typer.Option(min=1, max=MAX_INT,
+                                 help="requests per generation batch (default 8; vllm 256)")
     ] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="tokens per completion")] = 512,
+    max_new_tokens: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="tokens per completion")] = 512,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
     samples: Annotated[
-        int, typer.Option(min=1, help="k completions per request; rating = mean of parsable ones")
+        int, typer.Option(min=1, max=MAX_INT,
+                          help="k completions per request; rating = mean of parsable ones")
     ] = 1,
     seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
     out: Annotated[str | None, typer.Option(help="write here instead of stdout")] = None,
@@ -391,7 +394,8 @@ def predict(
     api_key_env: Annotated[
         str, typer.Option(help="environment variable holding the API key (never printed)")
     ] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight (openai)")] = 8,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="requests in flight (openai)")] = 8,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
     quantization: Annotated[str, typer.Option(help="none, 4bit or 8bit (CUDA only)")] = "none",
     trust_remote_code: Annotated[
@@ -517,8 +521,9 @@ def traces_make(
         help="environment variable holding the API key (never printed; unset is fine for a "
         "local server)")] = "OPENAI_API_KEY",
     limit: Annotated[int | None, typer.Option(
-        min=1, help="only the first N examples of the split")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 8,
+        min=1, max=MAX_INT, help="only the first N examples of the split")] = None,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="requests in flight at once")] = 8,
     tolerance: Annotated[float, typer.Option(
         min=0, help="a rating matches the truth when it rounds (halves up) to it or lies within "
         "this distance of it; 0 = exact after rounding")] = 0.0,
@@ -526,10 +531,10 @@ def traces_make(
         help="reply cache folder, keyed by model + messages + sampling parameters "
         "[default: OUT.cache]")] = None,
     max_tokens: Annotated[int, typer.Option(
-        min=1, help="per reply; a reasoning model's thinking counts too")] = 4096,
+        min=1, max=MAX_INT, help="per reply; a reasoning model's thinking counts too")] = 4096,
     temperature: Annotated[float, typer.Option(min=0, help="teacher sampling temperature")] = 0.6,
     max_retries: Annotated[int, typer.Option(
-        min=0, help="retries with exponential backoff on 429, 5xx, timeouts and lost "
+        min=0, max=MAX_INT, help="retries with exponential backoff on 429, 5xx, timeouts and lost "
         "connections")] = 4,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
 ) -> None:
@@ -564,7 +569,7 @@ def traces_inspect(
     file: Annotated[Path, typer.Argument(help="a trace file written by `traces make`")],
     data: Annotated[Path | None, typer.Option(
         help="the prepared folder, for its rating scale [default: 1-5]")] = None,
-    samples: Annotated[int, typer.Option(min=0, help="samples shown per kind")] = 1,
+    samples: Annotated[int, typer.Option(min=0, max=MAX_INT, help="samples shown per kind")] = 1,
     tokenizer: Annotated[str | None, typer.Option(
         help="a tokenizer (name or folder) to count completion tokens too")] = None,
 ) -> None:
@@ -709,7 +714,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="run directory of the demo")] = Path("runs/cpu-demo"),
     data: Annotated[Path, typer.Option(help="prepared MovieLens-100k (made if missing)")] = Path(
         "data/ml-100k"),
-    test_limit: Annotated[int, typer.Option(min=1, help="test examples to predict")] = 200,
+    test_limit: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="test examples to predict")] = 200,
     overwrite: Overwrite = False,
 ) -> None:
     """The whole RecZero pipeline on CPU in minutes: prepare MovieLens-100k (from the installed
@@ -838,7 +844,8 @@ def plan(
     gpu_mem: Annotated[float | None, typer.Option(
         min=0.5, help="memory of one GPU in GiB (default: the device profile's)")] = None,
     gpus: Annotated[int, typer.Option(
-        min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
+        min=1, max=MAX_INT,
+        help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
         "TRL's batch rules are checked at this world size (with the override that fixes them)")
     ] = 1,
 ) -> None:
