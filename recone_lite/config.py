@@ -386,7 +386,8 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise InputError("no such recipe file", path=path)
+            raise InputError("is a folder, not a recipe file" if path.is_dir() else
+                             "no such recipe file", path=path)
         return path
     recipes = packaged_recipes()
     if name_or_path not in recipes:
