@@ -43,6 +43,8 @@ CASES = [
     Case("traces-dropped-file-onto-a-folder",
          TRACES + " {w}/data --out {w}/inner/t.jsonl", 2,
          ("t.dropped.jsonl", "is a folder")),
+    Case("traces-out-onto-its-own-input", TRACES + " {w}/data --out {w}/data/train.jsonl", 2,
+         ("train.jsonl", "--out", "prepared folder")),
     Case("prepare-overwrite-someone-elses-folder",
          "data prepare --source amazon-2023 --reviews {w}/reviews.jsonl --out {w}/victim "
          "--overwrite", 2, ("victim", "no manifest.json")),
