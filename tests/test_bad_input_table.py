@@ -150,8 +150,6 @@ CASES = [
          ("--splits", "names no split")),
     Case("demo-data-is-a-file", "demo --data {w}/requests.jsonl --out {w}/demo-run", 2,
          ("requests.jsonl", "--data", "is a file")),
-    Case("data-stats-tokenizer-with-custom-code-is-not-run-nor-asked",
-         "data stats {w}/data --tokenizer {w}/custom", 2, ("custom", "cannot load a tokenizer")),
     Case("predict-20-digit-batch-size", OPENAI + " {w}/requests.jsonl --batch-size "
          "99999999999999999999", 2, ("--batch-size",), usage=True),
     Case("traces-20-digit-concurrency", TRACES + " {w}/data --out {w}/t.jsonl --concurrency "
