@@ -804,7 +804,9 @@ def export(
         help="prompt template to record when the adapter folder has no recipe.yaml")] = None,
     scale: Annotated[str | None, typer.Option(
         help="rating scale MIN,MAX to record when no prepared data says it")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace existing outputs: an earlier export's folder (recone.json inside) or a "
+        "GGUF file; never a folder of other files")] = False,
     trust_remote_code: Annotated[bool, typer.Option(
         help="let the base run its repository's own Python code (only models you trust; "
         "never taken from the run's recipe.yaml)")] = False,
