@@ -23,7 +23,7 @@ from typer.core import TyperGroup
 # imported inside their commands, so that `recone-lite --help` starts fast.
 from recone_lite.baselines import baselines_report, print_baselines
 from recone_lite.data.sources import SOURCES
-from recone_lite.errors import ReconeError
+from recone_lite.errors import InputError, ReconeError
 from recone_lite.evaluate import evaluate, print_report
 from recone_lite.jsonl import dumps
 from recone_lite.log import info, warn
@@ -60,6 +60,7 @@ def version() -> None:
 
 # --- data commands (data prepare / data stats / data show) -------------------------------------
 
+MAX_INT = 2**31 - 1  # integer options: a 20-digit value is a usage error, not an overflow
 _SOURCE_HELP = f"raw format, one of: {', '.join(SOURCES)} (see docs/data.md)"
 
 
@@ -73,24 +74,33 @@ def data_prepare(
     meta: Annotated[Path | None, typer.Option(
         help="item meta file (plain or .gz); optional, items without meta get {}")] = None,
     k_core: Annotated[int, typer.Option(
-        min=0, help="drop users and items with fewer interactions, repeated until stable")] = 5,
+        min=0, max=MAX_INT,
+        help="drop users and items with fewer interactions, repeated until stable")] = 5,
     history: Annotated[int, typer.Option(
-        min=0, help="most recent earlier interactions kept as each example's history")] = 10,
+        min=0, max=MAX_INT,
+        help="most recent earlier interactions kept as each example's history")] = 10,
     review_chars: Annotated[int, typer.Option(
-        min=0, help="review text is cut to this many characters")] = 300,
+        min=0, max=MAX_INT,
+        help="review text is cut to this many characters")] = 300,
     item_history: Annotated[int, typer.Option(
-        min=0, help="the target item's most recent earlier train ratings by other users, kept "
+        min=0, max=MAX_INT,
+        help="the target item's most recent earlier train ratings by other users, kept "
         "as each example's item_history (0: none)")] = 5,
     item_review_chars: Annotated[int, typer.Option(
-        min=0, help="item_history review text is cut to this many characters")] = 120,
+        min=0, max=MAX_INT,
+        help="item_history review text is cut to this many characters")] = 120,
     coldstart: Annotated[int, typer.Option(
-        min=0, help="size of the cold-start pool, drawn from the train targets")] = 1000,
-    seed: Annotated[int, typer.Option(help="seed of the cold-start draw")] = 0,
+        min=0, max=MAX_INT,
+        help="size of the cold-start pool, drawn from the train targets")] = 1000,
+    seed: Annotated[int, typer.Option(
+        min=0, max=MAX_INT,
+        help="seed of the cold-start draw")] = 0,
     time_cutoff: Annotated[str | None, typer.Option(
         help="split by time instead: DEV_START,TEST_START (dates like 2015-06-01 or epoch "
         "seconds, UTC)")] = None,
     min_history: Annotated[int, typer.Option(
-        min=0, help="train targets need at least this many earlier interactions")] = 1,
+        min=0, max=MAX_INT,
+        help="train targets need at least this many earlier interactions")] = 1,
     rating_scale: Annotated[str | None, typer.Option(
         help="MIN,MAX rating scale, overriding the source's (e.g. 0.5,5)")] = None,
     salvage: Annotated[bool, typer.Option(
@@ -246,7 +256,10 @@ def baselines(
 
     Example: [bold]recone-lite baselines --data data/ml-100k[/bold]
     """
-    report = baselines_report(data, [s for s in splits.split(",") if s], seed)
+    names = [s.strip() for s in splits.split(",") if s.strip()]
+    if not names:
+        raise InputError(f"names no split ({splits!r}); e.g. dev,test", field="--splits")
+    report = baselines_report(data, names, seed)
     print_baselines(report)
     typer.echo(dumps(report))
 
@@ -364,14 +377,16 @@ def predict(
         ),
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option(min=1, help="requests per generation batch (default 8; vllm 256)")
+        int | None, typer.Option(min=1, max=MAX_INT,
+                                 help="requests per generation batch (default 8; vllm 256)")
     ] = None,
     max_new_tokens: Annotated[int | None, typer.Option(
-        min=1, help="tokens per completion (default: the adapter run's evaluation.max_new_tokens, "
-        "else an exported model's recone.json, else 512)")] = None,
+        min=1, max=MAX_INT, help="tokens per completion (default: the adapter run's "
+        "evaluation.max_new_tokens, else an exported model's recone.json, else 512)")] = None,
     temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
     samples: Annotated[
-        int, typer.Option(min=1, help="k completions per request; rating = mean of parsable ones")
+        int, typer.Option(min=1, max=MAX_INT,
+                          help="k completions per request; rating = mean of parsable ones")
     ] = 1,
     seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
     out: Annotated[str | None, typer.Option(help="write here instead of stdout")] = None,
@@ -387,7 +402,8 @@ def predict(
     api_key_env: Annotated[
         str, typer.Option(help="environment variable holding the API key (never printed)")
     ] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight (openai)")] = 8,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="requests in flight (openai)")] = 8,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
     quantization: Annotated[str | None, typer.Option(
         help="none, 4bit or 8bit (CUDA only; default: the adapter run's model.quantization, "
@@ -521,8 +537,9 @@ def traces_make(
         help="environment variable holding the API key (never printed; unset is fine for a "
         "local server)")] = "OPENAI_API_KEY",
     limit: Annotated[int | None, typer.Option(
-        min=1, help="only the first N examples of the split")] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight at once")] = 8,
+        min=1, max=MAX_INT, help="only the first N examples of the split")] = None,
+    concurrency: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="requests in flight at once")] = 8,
     tolerance: Annotated[float, typer.Option(
         min=0, help="a rating matches the truth when it rounds (halves up) to it or lies within "
         "this distance of it; 0 = exact after rounding")] = 0.0,
@@ -530,10 +547,10 @@ def traces_make(
         help="reply cache folder, keyed by model + messages + sampling parameters "
         "[default: OUT.cache]")] = None,
     max_tokens: Annotated[int, typer.Option(
-        min=1, help="per reply; a reasoning model's thinking counts too")] = 4096,
+        min=1, max=MAX_INT, help="per reply; a reasoning model's thinking counts too")] = 4096,
     temperature: Annotated[float, typer.Option(min=0, help="teacher sampling temperature")] = 0.6,
     max_retries: Annotated[int, typer.Option(
-        min=0, help="retries with exponential backoff on 429, 5xx, timeouts and lost "
+        min=0, max=MAX_INT, help="retries with exponential backoff on 429, 5xx, timeouts and lost "
         "connections")] = 4,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
 ) -> None:
@@ -568,7 +585,7 @@ def traces_inspect(
     file: Annotated[Path, typer.Argument(help="a trace file written by `traces make`")],
     data: Annotated[Path | None, typer.Option(
         help="the prepared folder, for its rating scale [default: 1-5]")] = None,
-    samples: Annotated[int, typer.Option(min=0, help="samples shown per kind")] = 1,
+    samples: Annotated[int, typer.Option(min=0, max=MAX_INT, help="samples shown per kind")] = 1,
     tokenizer: Annotated[str | None, typer.Option(
         help="a tokenizer (name or folder) to count completion tokens too")] = None,
 ) -> None:
@@ -602,6 +619,9 @@ Resume = Annotated[
                        "same total step count")
 ]
 Overwrite = Annotated[bool, typer.Option(help="replace a finished or unfinished run in --out")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    help="allow a recipe (or a run's recipe.yaml) that asks for model.trust_remote_code to run "
+    "the model repository's own Python code (only models you trust)")]
 DryRun = Annotated[
     bool, typer.Option(help="check recipe and data, load the tokenizer, render one prompt, print "
                        "the plan (steps, memory estimate) and exit")
@@ -617,6 +637,7 @@ def train(
     resume: Resume = False,
     overwrite: Overwrite = False,
     dry_run: DryRun = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """GRPO (RecZero) on a LoRA/QLoRA adapter with the rule reward; TRL's GRPOTrainer.
 
@@ -634,7 +655,8 @@ def train(
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.training import resolve_recipe
 
-    spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    spec = resolve_recipe(recipe, overrides, out, init_adapter,
+                          trust_remote_code=trust_remote_code)
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite import grpo
 
@@ -658,6 +680,7 @@ def sft(
     resume: Resume = False,
     overwrite: Overwrite = False,
     dry_run: DryRun = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """SFT of a LoRA adapter on reasoning traces (RecOne's cold start); TRL's SFTTrainer.
 
@@ -684,7 +707,8 @@ def sft(
         recipe, picked, why = pick_recipe(traces)
         overrides = [*picked, *(overrides or [])]  # the command line's overrides still win
         info(f"sft: no --recipe given; using {recipe} ({why})")
-    spec = resolve_recipe(recipe, overrides, out, init_adapter)
+    spec = resolve_recipe(recipe, overrides, out, init_adapter,
+                          trust_remote_code=trust_remote_code)
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite import sft as sft_module
 
@@ -716,7 +740,8 @@ def demo(
     out: Annotated[Path, typer.Option(help="run directory of the demo")] = Path("runs/cpu-demo"),
     data: Annotated[Path, typer.Option(help="prepared MovieLens-100k (made if missing)")] = Path(
         "data/ml-100k"),
-    test_limit: Annotated[int, typer.Option(min=1, help="test examples to predict")] = 200,
+    test_limit: Annotated[int, typer.Option(
+        min=1, max=MAX_INT, help="test examples to predict")] = 200,
     overwrite: Overwrite = False,
 ) -> None:
     """The whole RecZero pipeline on CPU in minutes: prepare MovieLens-100k (from the installed
@@ -805,7 +830,12 @@ def export(
         help="prompt template to record when the adapter folder has no recipe.yaml")] = None,
     scale: Annotated[str | None, typer.Option(
         help="rating scale MIN,MAX to record when no prepared data says it")] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace existing outputs: an earlier export's folder (recone.json inside) or a "
+        "GGUF file; never a folder of other files")] = False,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="let the base run its repository's own Python code (only models you trust; "
+        "never taken from the run's recipe.yaml)")] = False,
 ) -> None:
     """Export a trained adapter for serving: merged 16-bit weights, a clean adapter for vLLM's
     multi-LoRA serving, or a GGUF for llama.cpp. Export time and sizes on stderr, a JSON summary
@@ -824,7 +854,8 @@ def export(
     typer.echo(dumps(run_export(
         adapter, merged=merged, adapter_only=adapter_only, gguf=gguf, base=base, dtype=dtype,
         quant=quant, llama_cpp=llama_cpp, verify=verify, verify_only=verify_only,
-        overwrite=overwrite, template=template, scale=scale, data=data)))
+        overwrite=overwrite, template=template, scale=scale, data=data,
+        trust_remote_code=trust_remote_code)))
 
 
 # --- scaling commands (plan / launch) ----------------------------------------------------------
@@ -841,7 +872,8 @@ def plan(
     gpu_mem: Annotated[float | None, typer.Option(
         min=0.5, help="memory of one GPU in GiB (default: the device profile's)")] = None,
     gpus: Annotated[int, typer.Option(
-        min=1, help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
+        min=1, max=MAX_INT,
+        help="GPUs running the recipe with DDP: more prompts per step, same memory each; "
         "TRL's batch rules are checked at this world size (with the override that fixes them)")
     ] = 1,
     engine: Annotated[str | None, typer.Option(
@@ -889,6 +921,7 @@ def launch(
         help="folder of the jobs' run dirs and logs (default: launch.output_dir)")] = None,
     resume: Resume = False,
     overwrite: Overwrite = False,
+    trust_remote_code: TrustRemoteCode = False,
 ) -> None:
     """Train several adapters side by side on one node: one `recone-lite train` per job of the
     recipe's launch: section, each on its own GPUs through `accelerate launch` (DDP / DeepSpeed
@@ -903,7 +936,8 @@ def launch(
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.launch import launch_recipe, raise_if_failed
 
-    flags = ["--resume"] * resume + ["--overwrite"] * overwrite
+    flags = (["--resume"] * resume + ["--overwrite"] * overwrite
+             + ["--trust-remote-code"] * trust_remote_code)
     results = launch_recipe(recipe, dry_run=dry_run, cpu=cpu, only=only,
                             output_dir=str(out) if out else None, train_flags=flags)
     for item in results:

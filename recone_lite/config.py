@@ -15,6 +15,7 @@ import difflib
 import functools
 import importlib
 import importlib.resources
+import math
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +171,8 @@ class Recipe(Strict):
                 raise ValueError(f"{section}.{unknown[0]}: unknown key{hint}")
             for key, value in values.items():
                 values[key] = check_trainer_value(section, key, value)
+                check_trainer_range(section, key, values[key])
+        check_sizes(self.model_dump(mode="python"))
         return self
 
 
@@ -233,6 +236,83 @@ number (got 'abc')
         raise ValueError(f"{section}.{key}{where}: {first['msg']} (got {value!r})") from None
     converted = isinstance(value, str) and type(checked) in (int, float, bool)
     return checked if converted else value
+
+
+MAX_INT = 2**31 - 1  # every count, length and seed a recipe sets fits an int32 (torch, numpy)
+
+
+def _positive(value: Any) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def _not_negative(value: Any) -> bool:
+    return math.isfinite(value) and value >= 0
+
+
+# TRL / transformers values that type-check and then crash or train on nonsense; None (TRL's
+# "not set") passes. Key -> (test, what it must be).
+TRAINER_RANGES: dict[str, tuple[Any, str]] = {
+    "learning_rate": (_positive, "a finite number > 0"),
+    "temperature": (_positive, "a finite number > 0"),
+    "num_generations": (lambda v: v >= 2, "at least 2 (GRPO compares the completions of a "
+                        "prompt with each other)"),
+    "num_generations_eval": (lambda v: v >= 1, "at least 1"),
+    "top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "beta": (_not_negative, "a finite number >= 0"),
+    "epsilon": (_positive, "a finite number > 0"),
+    "weight_decay": (_not_negative, "a finite number >= 0"),
+    "max_grad_norm": (_not_negative, "a finite number >= 0"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "num_train_epochs": (_positive, "a finite number > 0"),
+    "max_steps": (lambda v: v == -1 or v > 0, "> 0 (or -1: use num_train_epochs)"),
+    **{key: (lambda v: v > 0, "> 0") for key in (
+        "max_completion_length", "max_prompt_length", "max_length", "per_device_train_batch_size",
+        "per_device_eval_batch_size", "gradient_accumulation_steps", "generation_batch_size",
+        "steps_per_generation", "num_iterations", "save_steps", "logging_steps", "eval_steps")},
+}
+
+
+def check_trainer_range(section: str, key: str, value: Any) -> None:
+    """A ValueError naming `section.key` when a TRL value is outside its sane range.
+
+    >>> check_trainer_range("grpo", "num_generations", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: grpo.num_generations: must be at least 2 (GRPO compares the completions of a \
+prompt with each other) (got 0)
+    >>> check_trainer_range("grpo", "learning_rate", float("inf"))
+    Traceback (most recent call last):
+    ...
+    ValueError: grpo.learning_rate: must be a finite number > 0 (got inf)
+    """
+    rule = TRAINER_RANGES.get(key)
+    if rule is None or value is None or isinstance(value, bool) or \
+            not isinstance(value, (int, float)):
+        return
+    test, what = rule
+    if not test(value):
+        raise ValueError(f"{section}.{key}: must be {what} (got {value!r})")
+
+
+def check_sizes(node: Any, where: str = "") -> None:
+    """Every number in a recipe is finite and every integer fits an int32 (a 20-digit size
+    passes pydantic and overflows later): a ValueError names the key.
+
+    >>> check_sizes({"data": {"max_history": 10**20}})
+    Traceback (most recent call last):
+    ...
+    ValueError: data.max_history: 100000000000000000000 is too large (at most 2147483647)
+    """
+    if isinstance(node, dict):
+        for key, value in node.items():
+            check_sizes(value, f"{where}.{key}" if where else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            check_sizes(value, f"{where}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ValueError(f"{where}: must be a finite number (got {node!r})")
+    elif isinstance(node, int) and not isinstance(node, bool) and abs(node) > MAX_INT:
+        raise ValueError(f"{where}: {node} is too large (at most {MAX_INT})")
 
 
 # `report_to` names transformers' tracking integrations; the Trainer imports each one only after
@@ -316,7 +396,8 @@ def resolve_recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
-            raise InputError("no such recipe file", path=path)
+            raise InputError("is a folder, not a recipe file" if path.is_dir() else
+                             "no such recipe file", path=path)
         return path
     recipes = packaged_recipes()
     if name_or_path not in recipes:
@@ -378,12 +459,32 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping (PyYAML keeps the last
+    silently, so a repeated `grpo:` would drop a whole section)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:  # the keys as written (a `<<:` merge may repeat them)
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = (key_node.tag, key_node.value)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key_node.value!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_raw_recipe(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """The YAML of a recipe with its `extends:` chain merged in (child keys win)."""
     if path.resolve() in seen:
         raise InputError("recipe extends itself in a cycle", path=path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=UniqueKeyLoader) or {}
+    except UnicodeDecodeError as err:
+        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start + 1})",
+                         path=path) from None
     except yaml.YAMLError as err:
         line = getattr(getattr(err, "problem_mark", None), "line", None)
         raise InputError(f"invalid YAML ({getattr(err, 'problem', err)})", path=path,
@@ -410,7 +511,28 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
         message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
         message = message.removeprefix("Value error, ")
         more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        named = key or message.split(":", 1)[0].split("[", 1)[0]  # a model validator names it
+        given = _override_of(named, overrides or [])
+        if given is not None:  # the command line set it, not the recipe file
+            raise InputError(message + more, path=f"override {given!r}",
+                             field=key or None) from None
         raise InputError(message + more, path=path, field=key or None) from None
+
+
+def _override_of(key: str, overrides: list[str]) -> str | None:
+    """The last override that set `key` (or a section holding it, or a key inside it).
+
+    >>> _override_of("grpo.num_generations", ["seed=1", "grpo.num_generations=0"])
+    'grpo.num_generations=0'
+    >>> _override_of("grpo.num_generations", ["seed=1"]) is None
+    True
+    """
+    for item in reversed(overrides):
+        set_key = item.partition("=")[0].strip()
+        if set_key and (key == set_key or key.startswith(set_key + ".")
+                        or set_key.startswith(key + ".")):
+            return item
+    return None
 
 
 def dump_recipe(recipe: Recipe) -> str:

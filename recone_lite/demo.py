@@ -22,6 +22,7 @@ from typing import Any
 
 from recone_lite import grpo, log
 from recone_lite.data.prepare import Options, prepare
+from recone_lite.errors import InputError
 from recone_lite.evaluate import evaluate, print_report
 from recone_lite.predict import predict
 from recone_lite.prepared import read_scale
@@ -46,6 +47,9 @@ def reward_curve(run_dir: Path) -> dict[str, Any]:
 def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
              overrides: list[str] = ()) -> dict[str, Any]:
     started = time.monotonic()
+    if data.exists() and not data.is_dir():
+        raise InputError("is a file; --data takes the prepared data folder", path=data,
+                         field="--data")
     if not (data / "manifest.json").is_file():
         log.info(f"demo 1/4: preparing MovieLens-100k (recbole package) into {data}")
         prepare("recbole-ml-100k", None, None, data, Options(), overwrite=False)

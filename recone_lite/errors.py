@@ -48,3 +48,29 @@ def first_line(err: BaseException) -> str:
     """
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def no_file(path: str | Path, **where: object) -> InputError:
+    """The error for a path that is not a readable file: "is a folder" when it is one.
+
+    >>> import tempfile
+    >>> str(no_file(tempfile.gettempdir())).endswith("is a folder, not a file")
+    True
+    >>> str(no_file("no-such.jsonl"))
+    'no-such.jsonl: no such file'
+    """
+    message = "is a folder, not a file" if Path(path).is_dir() else "no such file"
+    return InputError(message, path=path, **where)  # type: ignore[arg-type]
+
+
+def remote_code_hint(err: BaseException) -> str:
+    """What to add to a load error that transformers raised for a model with its own code (it
+    raises when trust_remote_code is False; it never asks, as we never pass None).
+
+    >>> remote_code_hint(ValueError("The repository x contains custom code which must be run"))
+    ' (its own code runs only with --trust-remote-code)'
+    >>> remote_code_hint(OSError("no config.json"))
+    ''
+    """
+    return " (its own code runs only with --trust-remote-code)" if "custom code" in str(err) \
+        else ""

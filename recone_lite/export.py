@@ -51,7 +51,7 @@ from recone_lite.export_source import (
 )
 from recone_lite.gguf import GGUF_BYTES_PER_PARAM, convert_to_gguf, find_llama_cpp
 from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth
-from recone_lite.jsonl import atomic_path
+from recone_lite.jsonl import atomic_path, check_target
 from recone_lite.models import RECONE_JSON
 from recone_lite.run_settings import SETTINGS, export_record, recone_json_path
 from recone_lite.verify import check_merged, free_memory, probe, verify_merged
@@ -64,7 +64,8 @@ MAX_SHARD_SIZE = "5GB"
 # --- checks before anything is written ----------------------------------------------------------
 
 
-def check_output(path: Path, *, overwrite: bool, is_file: bool, keep: list[Path]) -> None:
+def check_output(path: Path, *, overwrite: bool, is_file: bool, keep: list[Path],
+                 flag: str = "--out") -> None:
     """Refuse an existing output without --overwrite, one of the wrong kind, and one whose
     replacement would delete the adapter or the base (`keep`)."""
     resolved = path.expanduser().resolve()
@@ -72,12 +73,17 @@ def check_output(path: Path, *, overwrite: bool, is_file: bool, keep: list[Path]
         if resolved == precious or resolved in precious.parents:
             raise InputError(f"would replace {precious}, which the export reads", path=path)
     if not path.exists():
+        check_target(path, overwrite=overwrite, flag=flag)  # its parent must be a folder
         return
     if not overwrite:
         raise InputError("exists; pass --overwrite to replace it or choose another name",
                          path=path)
     if path.is_dir() == is_file:
-        raise InputError(f"exists and is not a {'file' if is_file else 'folder'}", path=path)
+        raise InputError(f"exists and is not a {'file' if is_file else 'folder'}", path=path,
+                         field=flag)
+    # a folder is replaced only when it is an export (recone.json inside), never `.`
+    check_target(path, overwrite=overwrite, marker=None if is_file else RECONE_JSON,
+                 what="recone-lite export", flag=flag)
 
 
 def check_disk(where: Path, need: int, what: str) -> None:
@@ -182,7 +188,7 @@ def write_merged(source: Source, out: Path, dtype: str, verify: bool, prompts: i
             step(note="probing base + adapter")
         probes = probe(peft_model, tokenizer, source, prompts) if verify else []
         step(note="merging and saving")
-        with atomic_path(out) as tmp:
+        with atomic_path(out, marker=RECONE_JSON) as tmp:
             engine = save_merged(peft_model, tokenizer, tmp, dtype)
             del model, peft_model
             free_memory()
@@ -224,7 +230,7 @@ def write_adapter_only(source: Source, out: Path, verify: bool) -> dict[str, Any
     check_disk(out, sum(t.numel() * t.element_size() for t in state.values()), str(out))
     config = {**source.config, "base_model_name_or_path": source.base_path,
               "inference_mode": True}
-    with atomic_path(out) as tmp:
+    with atomic_path(out, marker=RECONE_JSON) as tmp:
         tmp.mkdir()
         _write_json(tmp / "adapter_config.json", config)
         save_file({k: v.contiguous() for k, v in state.items()},
@@ -262,6 +268,7 @@ def export(
     scale: str | None = None,
     data: str | Path | None = None,
     prompts: int = 3,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """The `export` command: every check first, then each output under a temporary name.
     Returns the summary printed as JSON (paths, sizes, seconds, the verification report)."""
@@ -269,7 +276,8 @@ def export(
     if verify_only:
         if merged is None:
             raise InputError("--verify-only checks an existing --merged DIR", field="merged")
-        report = verify_merged(merged, adapter=adapter, base=base, data=data, prompts=prompts)
+        report = verify_merged(merged, adapter=adapter, base=base, data=data, prompts=prompts,
+                               trust_remote_code=trust_remote_code)
         if not report.ok:
             raise ReconeError(f"{merged} does not match base + adapter: {report.problem}")
         return {"merged": str(merged), "verification": dataclasses.asdict(report),
@@ -285,12 +293,14 @@ def export(
     if len({p.expanduser().resolve() for p in outputs.values()}) < len(outputs):
         raise InputError("--merged, --adapter-only and --gguf must be different paths")
     tools = find_llama_cpp(Path(llama_cpp) if llama_cpp else None, quant) if gguf else None
-    source = resolve_source(adapter, base, template=template, scale=scale, data=data)
+    source = resolve_source(adapter, base, template=template, scale=scale, data=data,
+                            trust_remote_code=trust_remote_code)
     keep = [source.adapter.resolve()]
     if Path(source.base.source()[0]).expanduser().exists():
         keep.append(Path(source.base.source()[0]).expanduser().resolve())
     for name, path in outputs.items():
-        check_output(path, overwrite=overwrite, is_file=name == "gguf", keep=keep)
+        check_output(path, overwrite=overwrite, is_file=name == "gguf", keep=keep,
+                     flag="--" + name.replace("_", "-"))
     torch_dtype = DTYPES[dtype]
     params = None
     # cheap early checks: fit and disk, before the long load (and the only fit check of an

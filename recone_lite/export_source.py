@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from recone_lite import log
-from recone_lite.errors import InputError, first_line
+from recone_lite.errors import InputError, first_line, remote_code_hint
 from recone_lite.models import ModelSpec, adapter_config, adapter_mismatch, load_model
 from recone_lite.prepared import parse_scale, read_scale
 from recone_lite.prompts import TEMPLATES
@@ -62,9 +62,12 @@ def resolve_source(
     template: str | None = None,
     scale: str | tuple[float, float] | None = None,
     data: str | Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Source:
     """Read an adapter folder and find its base: `base`, else the run's recipe.yaml `model`,
-    else adapter_config.json's `base_model_name_or_path`. InputError for what is missing."""
+    else adapter_config.json's `base_model_name_or_path`. InputError for what is missing.
+    The base runs its repository's own code only when `trust_remote_code` (the command line's
+    --trust-remote-code) says so: a recipe.yaml asking for it without that is refused."""
     from pydantic import ValidationError
 
     folder = Path(adapter).expanduser()
@@ -81,10 +84,14 @@ def resolve_source(
     name = base or section.get("name") or config.get("base_model_name_or_path")
     if not name:
         raise InputError("the adapter records no base model; pass --base MODEL", field="base")
-    keep = ("trust_remote_code", "max_seq_length") if base else ("gguf_file", "trust_remote_code",
-                                                                  "max_seq_length")
+    if section.get("trust_remote_code") and not base and not trust_remote_code:
+        raise InputError("asks for model.trust_remote_code: true, which runs the model "
+                         "repository's own Python code; pass --trust-remote-code to allow it",
+                         path=folder / RECIPE_YAML)
+    keep = ("max_seq_length",) if base else ("gguf_file", "max_seq_length")
     try:
-        spec = ModelSpec(name=str(name), **{k: section[k] for k in keep if k in section})
+        spec = ModelSpec(name=str(name), trust_remote_code=trust_remote_code,
+                         **{k: section[k] for k in keep if k in section})
     except ValidationError as err:
         raise InputError(err.errors()[0]["msg"], field="base") from None
     template = template or data_section.get("template")
@@ -132,8 +139,8 @@ def skeleton(spec: ModelSpec, read_gguf: bool = False) -> Any | None:
         config = AutoConfig.from_pretrained(folder, trust_remote_code=spec.trust_remote_code,
                                             **options)
     except (OSError, ValueError) as err:
-        raise InputError(f"cannot read the config of {spec.name}: {first_line(err)}",
-                         field="base") from None
+        raise InputError(f"cannot read the config of {spec.name}: {first_line(err)}"
+                         f"{remote_code_hint(err)}", field="base") from None
     refuse_quantized_base(config, spec.name)
     try:
         with torch.device("meta"):

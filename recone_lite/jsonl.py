@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from recone_lite.errors import InputError, ReconeError
+from recone_lite.errors import InputError, ReconeError, no_file
 from recone_lite.log import warn
 
 
@@ -51,7 +51,7 @@ def read_jsonl(
     """
     if stream is None:
         if not Path(path).is_file():
-            raise InputError("no such file", path=path)
+            raise no_file(path=path)
         with open(path, "rb") as handle:  # decoded line by line, so a bad byte names its line
             yield from read_jsonl(path, handle)
         return
@@ -171,6 +171,13 @@ def remove_stale(final: str | Path) -> list[Path]:
             except FileNotFoundError:
                 continue
             stale = not pid_alive(pid) and age > STALE_AFTER_S
+        if stale and (folder / REPLACED).is_dir():  # killed between its two renames
+            if final.exists() or final.is_symlink():
+                warn(f"{folder / REPLACED} holds what {final} held before a killed write; "
+                     "it is left for you to move back or remove")
+                continue
+            os.replace(folder / REPLACED, final)
+            warn(f"{final}: put back what a killed write had moved aside")
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
             warn(f"removed {folder}, left behind by a killed run (pid {pid})")
@@ -195,45 +202,89 @@ def holds_cwd(path: str | Path) -> bool:
     return here == there or there in here.parents
 
 
-def check_replaceable(out: str | Path, *, overwrite: bool, marker: str, what: str,
-                      flag: str = "--out") -> None:
-    """Refuse an existing `out` unless `overwrite` and it is empty or holds `marker` (the file
-    that proves it is ours to replace: manifest.json for a prepared data folder).
+Markers = str | tuple[str, ...]
+
+
+def _names(marker: Markers) -> tuple[str, ...]:
+    return (marker,) if isinstance(marker, str) else tuple(marker)
+
+
+def folder_problem(out: Path, marker: Markers | None) -> str | None:
+    """Why the existing folder `out` may not be replaced, or None: it is (or holds) the current
+    folder, no `marker` is named (a file is written there), or it holds files and none of the
+    markers (the files that prove it is ours). The one rule behind `check_target` and
+    `atomic_path`."""
+    if holds_cwd(out):
+        return "is the current folder or holds it; it is never replaced"
+    if marker is None:
+        return "is a folder; a file is written here, so give a file name"
+    names = _names(marker)
+    if any(out.iterdir()) and not any((out / name).is_file() for name in names):
+        return f"holds files and no {' or '.join(names)}"
+    return None
+
+
+def check_target(out: str | Path, *, overwrite: bool, marker: Markers | None = None,
+                 what: str = "", flag: str = "--out") -> None:
+    """The one check of a path a command is about to write, before any work: a file target
+    (`marker` None) must not be a folder; an existing folder target is replaced only with
+    `overwrite` and when it is empty or holds `marker` (manifest.json, run.json, recone.json,
+    report.html); `.` and the folders holding it never are. InputError (exit 2) names `flag`.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
     >>> _ = (root / "notes.txt").write_text("mine")
-    >>> check_replaceable(root, overwrite=True, marker="manifest.json",
-    ...                   what="prepared data folder")  # doctest: +ELLIPSIS
+    >>> check_target(root, overwrite=True, marker="manifest.json",
+    ...              what="prepared data folder")  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
     recone_lite.errors.InputError: ...: --out: holds files and no manifest.json, so it is not a ...
+    >>> check_target(root, overwrite=True)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: ...: --out: is a folder; a file is written here, so give a ...
     """
     out = Path(out)
-    if not out.exists():
+    if not out.exists() and not out.is_symlink():
+        if out.parent.exists() and not out.parent.is_dir():
+            raise InputError(f"{out.parent} is a file, not a folder", path=out, field=flag)
         return
+    if marker is None:
+        if out.is_dir():
+            raise InputError(folder_problem(out, None) or "is a folder", path=out, field=flag)
+        return  # a file is replaced, as before (each command says when it refuses one)
     if not out.is_dir():
         raise InputError("exists and is not a folder", path=out, field=flag)
-    if not overwrite:
-        raise InputError("already exists; pass --overwrite to replace it", path=out, field=flag)
-    if not any(out.iterdir()):
-        return
-    if not (out / marker).is_file():
-        raise InputError(f"holds files and no {marker}, so it is not a {what}; --overwrite "
-                         f"replaces only that: choose another {flag}", path=out, field=flag)
-    if holds_cwd(out):
-        raise InputError(f"is the current folder or holds it; --overwrite will not replace it: "
-                         f"choose another {flag}", path=out, field=flag)
+    problem = folder_problem(out, marker)
+    if problem is not None and problem.startswith("holds files"):
+        problem += (f", so it is not a {what}; --overwrite replaces only that: choose another "
+                    f"{flag}")
+    elif problem is not None:
+        problem += f": choose another {flag}"
+    elif not overwrite:
+        problem = "already exists; pass --overwrite to replace it"
+    if problem is not None:
+        raise InputError(problem, path=out, field=flag)
+
+
+def check_replaceable(out: str | Path, *, overwrite: bool, marker: Markers, what: str,
+                      flag: str = "--out") -> None:
+    """`check_target` for a folder target (kept for its callers)."""
+    check_target(out, overwrite=overwrite, marker=marker, what=what, flag=flag)
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
+def atomic_path(final: str | Path, *, marker: Markers | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds.
 
-    Works for a file or a directory written at the yielded path; a directory already at `final`
-    is moved aside and removed only once the new one is in place. Nothing is left under the final
-    name when the block raises; the temporary folder `.NAME.PID.XXXX.tmp` is removed then, on
-    SIGTERM and SIGINT too, and by the next write of `final` if the process was killed outright.
+    Works for a file or a directory written at the yielded path. A directory already at `final`
+    is replaced only when `marker` names the file that proves it ours and `folder_problem` finds
+    nothing against it (checked before the block and again at the rename: InputError then, and
+    nothing is touched); it is moved aside, put back if the rename fails (or by the next write
+    when the process was killed in between), and removed once the new one is in place. Nothing
+    is left under the final name when the block raises; the temporary folder
+    `.NAME.PID.XXXX.tmp` is removed then, on SIGTERM and SIGINT too, and by the next write of
+    `final` if the process was killed outright.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -246,6 +297,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     exit_on_sigterm()
     remove_stale(final)
+    _check_replace(final, marker)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp",
                                 dir=final.parent))
     try:
@@ -256,7 +308,7 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     target = tmp / final.name
     try:
         yield target
-        if final.is_dir() and not final.is_symlink():
+        if _check_replace(final, marker):
             old = tmp / REPLACED
             os.replace(final, old)
             try:
@@ -269,6 +321,16 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         os.close(held)
+
+
+def _check_replace(final: Path, marker: Markers | None) -> bool:
+    """Whether `final` is a folder to move aside (InputError when it may not be replaced)."""
+    if not final.is_dir() or final.is_symlink():
+        return False
+    problem = folder_problem(final, marker)
+    if problem is not None:
+        raise InputError(f"{problem}; nothing was written", path=final)
+    return True
 
 
 @contextlib.contextmanager

@@ -303,7 +303,12 @@ def launch_recipe(
                               train_flags=train_flags, output_dir=output_dir)
     for job in recipe.launch.jobs:
         if not only or job.name in only:
-            load_recipe(job.recipe or recipe_ref, job.overrides)  # a bad override fails here
+            job_recipe = load_recipe(job.recipe or recipe_ref, job.overrides)  # a bad override
+            if job_recipe.model.trust_remote_code and "--trust-remote-code" not in (
+                    train_flags or []):  # fails here, and so does remote code nobody allowed
+                raise InputError(f"job {job.name} asks for model.trust_remote_code: true, which "
+                                 "runs the model repository's own Python code; pass "
+                                 "--trust-remote-code on the command line to allow it")
     if dry_run:
         return [c.shell() for c in commands]
     log.info(f"launch: {len(commands)} jobs; logs in {commands[0].log.parent}")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from recone_lite import log
-from recone_lite.errors import InputError, ReconeError, first_line
+from recone_lite.errors import InputError, ReconeError, first_line, remote_code_hint
 from recone_lite.fixtures import smollm2_gguf
 from recone_lite.gpu import (
     adapter_autocast,
@@ -261,8 +261,9 @@ def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any,
         raise InputError(f"cannot load {spec.name}: {first_line(err)}", field="model") from None
     except ImportError as err:  # bitsandbytes, gguf or a model's own dependency missing
         raise ReconeError(f"cannot load {spec.name}: {first_line(err)}") from None
-    except ValueError as err:  # a tokenizer that cannot be built (no usable tokenizer files)
-        raise InputError(f"cannot load {spec.name}: {first_line(err)}", field="model") from None
+    except ValueError as err:  # a tokenizer that cannot be built; a model with its own code
+        raise InputError(f"cannot load {spec.name}: {first_line(err)}{remote_code_hint(err)}",
+                         field="model") from None
     if gguf is not None:  # dequantized GGUF: plain weights that can be trained and saved
         model.hf_quantizer = None
         model.is_quantized = False

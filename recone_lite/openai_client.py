@@ -13,6 +13,7 @@ never printed or logged. Local servers need none: a placeholder is sent when the
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import threading
@@ -121,18 +122,56 @@ def make_client(
     )
 
 
+class BadResponse(ValueError):
+    """A reply with status 200 that is not a chat completion (a proxy's HTML page, truncated or
+    misshapen JSON): a failure of that one request, counted like a 5xx."""
+
+
+def _peek(text: str | bytes) -> str:
+    """The start of a body, on one line, for an error message.
+
+    >>> _peek("<html>\\n<body>Bad gateway</body></html>")
+    "'<html> <body>Bad gateway</body></html>'"
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return repr(" ".join(text.split())[:60])
+
+
+def _count(value: Any) -> int:
+    try:
+        return max(int(value or 0), 0)
+    except (TypeError, ValueError):  # a server's odd usage numbers are not worth a failure
+        return 0
+
+
 def _result(response: Any) -> ChatResult:
-    choice = response.choices[0]
-    message = choice.message
+    """A ChatResult from the SDK's response; BadResponse when it is not a chat completion (the
+    SDK builds its objects without validating them, and hands back a non-JSON body as text)."""
+    if isinstance(response, (str, bytes)):
+        raise BadResponse(f"not JSON: {_peek(response)}")
+    choices = getattr(response, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise BadResponse("no choices in the reply")
+    choice = choices[0]
+    message = getattr(choice, "message", None)
+    content = getattr(message, "content", None)
+    if message is None or not isinstance(content, str | None):
+        raise BadResponse("the reply's first choice has no message text")
     reasoning = getattr(message, "reasoning_content", None) or getattr(message, "reasoning", None)
     usage = getattr(response, "usage", None)
+    finish = getattr(choice, "finish_reason", None)
+    try:
+        logprobs = _logprobs(getattr(choice, "logprobs", None))
+    except (TypeError, ValueError, AttributeError):
+        raise BadResponse("malformed logprobs in the reply") from None
     return ChatResult(
-        content=message.content or "",
+        content=content or "",
         reasoning_content=reasoning if isinstance(reasoning, str) else None,
-        prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
-        completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),
-        finish_reason=choice.finish_reason,
-        logprobs=_logprobs(getattr(choice, "logprobs", None)),
+        prompt_tokens=_count(getattr(usage, "prompt_tokens", 0)),
+        completion_tokens=_count(getattr(usage, "completion_tokens", 0)),
+        finish_reason=finish if isinstance(finish, str) else None,
+        logprobs=logprobs,
     )
 
 
@@ -223,7 +262,10 @@ def stream_chat_completions(
             return failed(f"connection: {_message(err, secrets)}")
         except openai.APIStatusError as err:
             return failed(f"{err.status_code}: {_message(err, secrets)}")
-        except (openai.APIError, IndexError, AttributeError) as err:
+        except json.JSONDecodeError as err:  # status 200, a body that is not JSON
+            return failed(f"bad response: not JSON ({err.msg}, character {err.pos}): "
+                          f"{_peek(err.doc)}")
+        except (openai.APIError, BadResponse) as err:
             return failed(f"bad response: {_message(err, secrets)}")
         succeeded.set()
         return result

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import os
 import statistics
 import sys
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import IO, Any, Literal
 
 from recone_lite import log
-from recone_lite.errors import InputError, ReconeError
+from recone_lite.errors import InputError, ReconeError, no_file
 from recone_lite.generate import (
     Backend,
     Sample,
@@ -174,7 +175,33 @@ def done_ids(out: Path) -> set[Any]:
         if end < size:
             handle.truncate(end)
             log.info(f"{out}: dropped a partial last line ({size - end} bytes)")
-    return {row.get("id") for _, row in read_jsonl(out)}
+    ids = set()
+    for number, row in read_jsonl(out):
+        if "id" not in row or "ok" not in row:  # not a line predict writes
+            raise InputError("not a row of `predict` (no id and ok); --resume continues only "
+                             "predict's own --out: choose another --out", path=out, line=number)
+        ids.add(row["id"])
+    return ids
+
+
+def check_resumable(out: Path, done: set[Any], input: str) -> None:
+    """--resume continues `out` only when its rows are of this request set: an id in `out` that
+    `input` does not hold means another run's file. Reads the ids alone (lines that are not
+    JSON objects are left to the request reader)."""
+    wanted = set()
+    with open(input, "rb") as handle:
+        for raw in handle:
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("id"), str | int):
+                wanted.add(row["id"])
+    stray = [i for i in done if i not in wanted]
+    if stray:
+        raise InputError(f"holds {len(stray)} rows whose ids are not in {input} (first: "
+                         f"{stray[0]!r}): the output of other requests; --resume continues only "
+                         "this input's own --out", path=out, field="--resume")
 
 
 # --- results out ------------------------------------------------------------------------------
@@ -386,11 +413,13 @@ def predict(
             field="samples",
         )
     if input != "-" and not Path(input).is_file():
-        raise InputError("no such file", path=input)
+        raise no_file(path=input)
     if resume and out is None:
         raise InputError("--resume needs --out FILE", field="resume")
     if out is not None:
         check_out(Path(out), resume)
+        if input != "-" and Path(out).resolve() == Path(input).resolve():
+            raise InputError("is the input file; choose another --out", path=out, field="--out")
     rating_scale, scale_from = _scale(scale, input, run, exported)
     if readout == "expected":
         scale_values(rating_scale)  # a scale the readout cannot read fails before the model loads
@@ -411,6 +440,8 @@ def predict(
         check_spec(spec)  # missing files, a folder without a tokenizer: before the slow load
     start_size = Path(out).stat().st_size if out is not None and Path(out).exists() else None
     done = done_ids(Path(out)) if start_size else set()
+    if done and input != "-":
+        check_resumable(Path(out), done, input)
 
     # The first request is read (and checked) before the model loads, too.
     counts = Counts()

@@ -42,15 +42,32 @@ def parse_scale(text: str, field: str = "scale") -> tuple[float, float]:
     return low, high
 
 
-def read_scale(data_dir: str | Path) -> tuple[float, float]:
-    """The rating scale `[min, max]` from a prepared directory's manifest.json."""
+def read_manifest(data_dir: str | Path) -> dict[str, Any]:
+    """A prepared directory's manifest.json; a missing or corrupt one is one InputError."""
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
         raise InputError(
             "no manifest.json: not a prepared directory (run `recone-lite data prepare`)", path=path
         )
     try:
-        low, high = json.loads(path.read_text(encoding="utf-8"))["rating_scale"]
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start + 1})",
+                         path=path) from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"malformed JSON ({err.msg}); `data prepare --overwrite` writes it "
+                         "again", path=path, line=err.lineno) from None
+    if not isinstance(manifest, dict):
+        raise InputError("expected a JSON object", path=path, line=1)
+    return manifest
+
+
+def read_scale(data_dir: str | Path) -> tuple[float, float]:
+    """The rating scale `[min, max]` from a prepared directory's manifest.json."""
+    path = Path(data_dir) / "manifest.json"
+    manifest = read_manifest(data_dir)
+    try:
+        low, high = manifest["rating_scale"]
         scale = (float(low), float(high))
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(f'expected "rating_scale": [min, max] ({err})', path=path) from None

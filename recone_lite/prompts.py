@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, remote_code_hint
 
 TEMPLATE_BLOCKS: dict[str, tuple[str, ...]] = {
     "reczero": ("analyze user", "analyze item", "match", "rate"),
@@ -453,13 +453,13 @@ def load_tokenizer(path: str | Path, gguf_file: str | None = None,
     if gguf_file and not (local / gguf_file).is_file():
         raise InputError(f"no GGUF file {gguf_file} in this folder", path=path)
     options: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
-    if trust_remote_code:
-        options["trust_remote_code"] = True
+    options["trust_remote_code"] = bool(trust_remote_code)  # False, not None: never a prompt
     try:
         return AutoTokenizer.from_pretrained(str(path), **options)
     except (OSError, ValueError) as err:  # not a tokenizer folder; unknown hub id, or no network
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"cannot load a tokenizer ({first})", path=path) from None
+        raise InputError(f"cannot load a tokenizer ({first}){remote_code_hint(err)}",
+                         path=path) from None
 
 
 # --- rendering under a token budget ---------------------------------------------------------

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from recone_lite.baselines import BASELINES, LABELS
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, no_file
 from recone_lite.evaluate import print_report
-from recone_lite.jsonl import read_jsonl
+from recone_lite.jsonl import atomic_path, check_target, read_jsonl
 from recone_lite.log import console, info
 from recone_lite.metrics import fmt_metric
 from recone_lite.runs import LOG_JSONL, RUN_JSON, read_run_json
@@ -103,7 +103,7 @@ def read_eval(path: Path) -> dict[str, Any]:
     """The JSON `recone-lite eval` printed (or `demo`'s, which holds it under "eval")."""
     path = Path(path)
     if not path.is_file():
-        raise InputError("no such file", path=path)
+        raise no_file(path=path)
     text = path.read_text(encoding="utf-8", errors="replace").strip()
     try:
         report = json.loads(text)
@@ -474,22 +474,25 @@ def write_report(run_dir: Path, eval_paths: list[Path], out: Path | None = None
     figure = matplotlib_figure()
     if figure is None:
         return None
-    out = Path(out) if out is not None else Path(run_dir) / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    final = Path(out) if out is not None else Path(run_dir) / "report"
+    # a report folder (report.html inside) is replaced whole; any other folder is refused
+    check_target(final, overwrite=True, marker=HTML_NAME, what="report folder")
+    with atomic_path(final, marker=HTML_NAME) as folder:
+        folder.mkdir()
 
-    def save(name: str, caption: str, fig: Any) -> tuple[Path, str]:
-        path = out / f"{name.replace('/', '-')}.png"
-        fig.savefig(path, dpi=DPI)
-        return path, caption
+        def save(name: str, caption: str, fig: Any) -> tuple[Path, str]:
+            path = folder / f"{name.replace('/', '-')}.png"
+            fig.savefig(path, dpi=DPI)
+            return path, caption
 
-    training = [save(*p) for p in draw_training(run, figure)]
-    evaluation = {label: [save(*p) for p in draw_eval(label, report, figure)]
-                  for label, report in evals}
-    compare = save(*draw_comparison(evals, figure)) if len(evals) > 1 else None
-    page = write_page(out, run, evals, training, evaluation, compare)
+        training = [save(*p) for p in draw_training(run, figure)]
+        evaluation = {label: [save(*p) for p in draw_eval(label, report, figure)]
+                      for label, report in evals}
+        compare = save(*draw_comparison(evals, figure)) if len(evals) > 1 else None
+        write_page(folder, run, evals, training, evaluation, compare)
     pictures = [p for p, _ in training] + [p for v in evaluation.values() for p, _ in v]
     pictures += [compare[0]] if compare else []
-    return {"html": str(page), "pictures": [str(p) for p in pictures]}
+    return {"html": str(final / HTML_NAME), "pictures": [str(final / p.name) for p in pictures]}
 
 
 # --- the terminal view (no matplotlib) ----------------------------------------------------------

@@ -176,16 +176,18 @@ def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def recipe_difference(saved: str, current: str) -> str | None:
-    """The first key whose value differs between two resolved recipes (YAML), or None.
+def recipe_difference(saved: str, current: str, ignore: tuple[str, ...] = ()) -> str | None:
+    """The first key whose value differs between two resolved recipes (YAML), or None; keys in
+    `ignore` are not compared.
 
     >>> recipe_difference("a: 1\\nb: {c: 2}\\n", "a: 1\\nb: {c: 3}\\n")
     'b.c: 2 -> 3'
     >>> recipe_difference("a: 1\\n", "a: 1\\n") is None
     True
+    >>> recipe_difference("a: 1\\noutput_dir: x\\n", "a: 1\\noutput_dir: y\\n", ("output_dir",))
     """
     old, new = _flatten(yaml.safe_load(saved) or {}), _flatten(yaml.safe_load(current) or {})
-    for key in sorted(set(old) | set(new)):
+    for key in sorted((set(old) | set(new)) - set(ignore)):
         if old.get(key) != new.get(key):
             return f"{key}: {old.get(key)} -> {new.get(key)}"
     return None
@@ -246,8 +248,17 @@ def _restore_killed_overwrite(out: Path) -> None:
 
 
 def _corrupt_run_json(err: InputError) -> InputError:
-    return InputError(f"{err.message}; --overwrite starts the run again", path=err.path,
-                      line=err.line)
+    return InputError(f"{err.message}; --resume continues from the newest complete checkpoint, "
+                      "--overwrite starts the run again", path=err.path, line=err.line)
+
+
+def _checkpoint_step(out: Path) -> dict[str, Any]:
+    """What a run.json would say of the newest complete checkpoint: its global step."""
+    checkpoint = latest_checkpoint(out, quiet=True)
+    if checkpoint is None:
+        return {}
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return {"global_step": state.get("global_step", 0)}
 
 
 def _check_run_dir(out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool) -> RunStart:
@@ -276,7 +287,11 @@ def _check_run_dir(out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
     try:
         previous = read_run_json(out) if out.is_dir() else {}
     except InputError as err:
-        raise _corrupt_run_json(err) from None
+        if not resume:
+            raise _corrupt_run_json(err) from None
+        warn(f"{err}; --resume goes on from the newest checkpoint's own state (the earlier "
+             "record of dev evaluations and alarms is lost)")
+        previous = _checkpoint_step(out)
     if previous.get("status") == "finished":
         raise InputError(
             "holds a finished run; pass --overwrite to replace it or choose another --out", path=out
@@ -285,7 +300,9 @@ def _check_run_dir(out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
     if resume:
         saved = out / RECIPE_YAML
         if checkpoint is not None and saved.is_file():
-            change = recipe_difference(saved.read_text(encoding="utf-8"), recipe_yaml)
+            # a run folder moved or copied elsewhere resumes where it is now
+            change = recipe_difference(saved.read_text(encoding="utf-8"), recipe_yaml,
+                                       ignore=("output_dir",))
             if change:
                 raise InputError(
                     f"--resume needs the run's own recipe, but {change}; resume with the same "

@@ -58,7 +58,8 @@ def pick_recipe(traces: Path) -> tuple[str, list[str], str]:
     folder (older files, hand-made ones), DEFAULT_RECIPE as it is.
     """
     if not traces.is_file():
-        raise InputError("no such trace file", path=traces)
+        raise InputError("is a folder, not a trace file" if Path(traces).is_dir() else
+                         "no such trace file", path=traces)
     first = next(read_jsonl(traces), None)
     if first is None:
         raise InputError("no trace lines", path=traces)
@@ -230,7 +231,8 @@ def train(
         raise InputError(f"this is a {recipe.kind} recipe; `sft` needs one with kind: sft",
                          field="kind")
     if not traces.is_file():
-        raise InputError("no such trace file", path=traces)
+        raise InputError("is a folder, not a trace file" if Path(traces).is_dir() else
+                         "no such trace file", path=traces)
     out = Path(recipe.output_dir)
     data = load_data(recipe.data, {recipe.data.eval_split: recipe.data.eval_limit}, recipe.seed)
     check_gpu_path(recipe)

@@ -24,9 +24,9 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.jsonl import dumps, write_jsonl
+from recone_lite.jsonl import check_target, dumps, write_jsonl
 from recone_lite.openai_client import redact, stream_chat_completions  # openai: when called
-from recone_lite.prepared import read_scale, read_split
+from recone_lite.prepared import SPLITS, read_scale, read_split
 from recone_lite.prompts import build_messages
 from recone_lite.traces import (
     TEACHERS,
@@ -162,6 +162,15 @@ def make_traces(
     if teacher not in TEACHERS:
         raise InputError(f"unknown teacher {teacher!r}; choose {' or '.join(TEACHERS)}",
                          field="teacher")
+    out = Path(out)
+    check_target(out, overwrite=True, flag="--out")  # files, never a folder: before any call
+    check_target(dropped_path(out), overwrite=True, flag="--out")
+    inputs = {(Path(data) / name).resolve() for name in
+              ("manifest.json", *(f"{s}.jsonl" for s in SPLITS))}
+    for target in (out, dropped_path(out)):
+        if target.resolve() in inputs:
+            raise InputError("is a file of the prepared folder that --data names; choose "
+                             "another --out", path=target, field="--out")
     scale = read_scale(data)
     examples = read_split(data, split)[:limit]
     if not examples:
@@ -183,6 +192,9 @@ def make_traces(
                   "concurrency": concurrency, "max_retries": max_retries,
                   "temperature": temperature, "max_tokens": max_tokens, "timeout": timeout}
         cache = Path(cache) if cache is not None else Path(f"{out}.cache")
+        if cache.exists() and not cache.is_dir():
+            raise InputError("exists and is not a folder (the reply cache is one)", path=cache,
+                             field="--cache")
         asks = [build_messages(example, TEMPLATE, scale) for example in examples]
 
         def drop(i: int, reason: str, stage: str, reply: dict[str, Any], rating=None) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console
 from recone_lite.metrics import percentiles
-from recone_lite.prompts import build_messages, cf_text, fmt_number, stats_estimate
+from recone_lite.prompts import build_messages, cf_text, fmt_number, load_tokenizer, stats_estimate
 from recone_lite.rewards import format_ok, parse_rating, round_half_up
 
 TEMPLATE = "reczero"  # RecOne's traces always use the four-step prompt
@@ -509,9 +509,7 @@ def inspect_file(
     """`inspect_traces` over a trace file; `tokenizer` (a name or folder) adds token lengths."""
     count_tokens = None
     if tokenizer is not None:
-        from transformers import AutoTokenizer
-
-        loaded = AutoTokenizer.from_pretrained(tokenizer)
+        loaded = load_tokenizer(tokenizer)  # one-line errors; never runs or asks about code
 
         def count_tokens(text: str) -> int:
             return len(loaded.encode(text, add_special_tokens=False))

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import heapq
 import math
+import os
 import random
 import statistics
 import warnings
@@ -28,6 +29,7 @@ from recone_lite.config import (
     check_integrations,
     check_report_to,
     load_recipe,
+    report_to_names,
     resolve_recipe_path,
 )
 from recone_lite.errors import InputError, ReconeError
@@ -52,6 +54,7 @@ from recone_lite.gpu import (
 from recone_lite.models import adapter_config, load_model
 from recone_lite.prepared import iter_split, read_scale
 from recone_lite.prompts import PromptStyle, render_prompt
+from recone_lite.runs import RECIPE_YAML, is_run_dir
 from recone_lite.runtime import cpu_threads, import_unsloth_first, quiet_progress_bars
 from recone_lite.versions import package_version
 
@@ -411,6 +414,10 @@ def trainer_config(section: str, values: dict[str, Any], out: Path, seed: int) -
     capability = cuda_capability() if on_cuda else None
     merged = {**defaults, **values, **device_settings(section, values, on_cuda, capability)}
     check_integrations(section, merged["report_to"])  # before any model loads, dry runs too
+    if "tensorboard" in report_to_names(merged["report_to"]) or merged["report_to"] == "all":
+        # transformers 5 takes TensorBoard's folder from this variable only (else OUT/runs/):
+        # pinned inside the run folder, so a set variable never sends the logs elsewhere
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(out) / "runs")
     if section == "grpo":  # the batch layout at the launcher's world size, with its fix
         layout = grpo_layout(merged, world_size_from_env(), trainer_defaults(section))
         if layout.problem:
@@ -485,15 +492,27 @@ def sft_config(values: dict[str, Any], recipe: Recipe, out: Path) -> Any:
 
 
 def resolve_recipe(
-    name: str, overrides: list[str] | None, out: Path | None, init_adapter: Path | None
+    name: str, overrides: list[str] | None, out: Path | None, init_adapter: Path | None,
+    *, trust_remote_code: bool = False,
 ) -> Recipe:
     """The recipe with the command line's overrides, `--out` and `--init-adapter` applied (the
     run saves it so, and `--resume` compares against it). Unsloth is imported first, before the
-    recipe's validation imports trl."""
+    recipe's validation imports trl. A recipe asking for `model.trust_remote_code` is refused
+    unless the command line said `--trust-remote-code` (`trust_remote_code`)."""
     import_unsloth_first()
     recipe = load_recipe(name, overrides)
+    if recipe.model.trust_remote_code and not trust_remote_code:
+        asked = [o for o in overrides or [] if o.split("=", 1)[0].strip() ==
+                 "model.trust_remote_code"]
+        where = f"the override {asked[-1]}" if asked else str(resolve_recipe_path(name))
+        raise InputError(f"{where} asks for model.trust_remote_code: true, which runs the model "
+                         "repository's own Python code; pass --trust-remote-code on the command "
+                         "line to allow it")
     check_report_to(recipe, resolve_recipe_path(name))  # trainer_config checks again, for the API
     update: dict[str, Any] = {}
+    path = resolve_recipe_path(name)
+    if out is None and path.name == RECIPE_YAML and is_run_dir(path.parent):
+        out = path.parent  # a run's own recipe.yaml: that run, wherever it has been moved to
     if out is not None:
         update["output_dir"] = str(out)
     if init_adapter is not None:

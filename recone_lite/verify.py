@@ -228,6 +228,7 @@ def verify_merged(
     base: str | None = None,
     data: str | Path | None = None,
     prompts: int = 3,
+    trust_remote_code: bool = False,
 ) -> Verification:
     """Check an existing merged folder against base + adapter (named by its recone.json unless
     given). Returns the report; `ok` is False when the merged weights do not match."""
@@ -240,7 +241,7 @@ def verify_merged(
         raise InputError("no recone.json names the adapter here; pass --adapter DIR", path=folder)
     source = resolve_source(adapter, base or record.get("base_model"),
                             template=record.get("template"), scale=record.get("rating_scale"),
-                            data=data)
+                            data=data, trust_remote_code=trust_remote_code)
     dtype = record.get("dtype") or _config_dtype(folder)
     started = time.perf_counter()
     compute = work_dtype(dtype, source.base)

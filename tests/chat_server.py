@@ -6,6 +6,10 @@ statuses (e.g. `[429, 500]`: the first request gets 429, the second 500, then su
 carry `retry-after-ms: 1`, so the client's backoff stays short in tests, and `error_message` as
 their message (default: "injected STATUS").
 
+`raw` answers the first requests with bodies as they are, one (status, content type, bytes)
+each, before any scripted failure or reply: a proxy's HTML page with status 200, truncated JSON,
+a JSON object of the wrong shape.
+
 `reply` may also return (content, tokens): the reply with its logprobs in OpenAI's shape, a list
 of generated tokens `{"token", "logprob", "bytes", "top_logprobs": [{"token", "logprob",
 "bytes"}, ...]}` (`logprob_tokens` builds one from token texts and probabilities). They are sent
@@ -32,7 +36,9 @@ class ChatServer:
         reasoning: str | None = None,
         error_message: str | None = None,
         logprobs: bool = True,
+        raw: list[tuple[int, str, bytes]] | None = None,
     ) -> None:
+        self.raw = list(raw or [])
         self.reply = reply or (lambda messages: "<rate>4</rate>")
         self.failures = list(failures or [])
         self.reasoning = reasoning
@@ -106,15 +112,25 @@ def chat_server(**kwargs: Any) -> Iterator[ChatServer]:
         def do_POST(self) -> None:  # noqa: N802 (the http.server API)
             length = int(self.headers.get("content-length", 0))
             body = json.loads(self.rfile.read(length) or b"{}")
+            raw = None
             if not self.path.endswith("/chat/completions"):
                 status, payload = 404, {"error": {"message": "no such route"}}
             else:
-                status, payload = state.handle(
-                    body, {k.lower(): v for k, v in self.headers.items()}
-                )
-            data = json.dumps(payload).encode()
+                with state.lock:
+                    if state.raw:
+                        raw = state.raw.pop(0)
+                        state.requests.append(body)
+                        state.statuses.append(raw[0])
+                if raw is None:
+                    status, payload = state.handle(
+                        body, {k.lower(): v for k, v in self.headers.items()}
+                    )
+            if raw is not None:
+                status, kind, data = raw
+            else:
+                kind, data = "application/json", json.dumps(payload).encode()
             self.send_response(status)
-            self.send_header("content-type", "application/json")
+            self.send_header("content-type", kind)
             self.send_header("content-length", str(len(data)))
             if status in (429, 500, 502, 503):
                 self.send_header("retry-after-ms", "1")

@@ -111,7 +111,7 @@ def test_overwrite_never_takes_the_current_folder(prepared: Path, tmp_path: Path
     result = run("data", "prepare", "--source", "amazon-2023", "--reviews",
                  amazon_2023(tmp_path / "reviews.jsonl", [("u", "i", 4.0, 1)]), "--out", ".",
                  "--overwrite", cwd=here)
-    one_line(result.stderr, result.returncode, "no manifest.json", "not a prepared data folder")
+    one_line(result.stderr, result.returncode, "is the current folder", "never replaced")
     assert snapshot(here) == before and hidden(here) == [] and hidden(tmp_path) == []
     run_here = tmp_path / "a-run"  # even a run folder is not moved away from under the shell
     old = fake_run(run_here)
@@ -232,10 +232,35 @@ def test_a_corrupt_run_json_is_one_line(
     (out / "run.json").write_text(text)
     before = snapshot(out)
     recipe = write_recipe(tmp_path / "r.yaml", prepared, out)
-    for flags in (["--resume"], []):
-        code, _, err = main(capsys, "train", "--recipe", recipe, *flags)
-        one_line(err, code, where, "--overwrite starts the run again")
+    code, _, err = main(capsys, "train", "--recipe", recipe)
+    one_line(err, code, where, "--resume continues from the newest complete checkpoint",
+             "--overwrite starts the run again")
     assert snapshot(out) == before and hidden(tmp_path) == []
+    # --resume goes on from the checkpoint's own state (issue 25): intact checkpoints are kept
+    checkpoint, previous = prepare_run_dir(out, "a: 1\n", resume=True, overwrite=False)
+    assert checkpoint == out / "checkpoint-2" and previous["global_step"] == 2
+    assert "resume goes on from the newest checkpoint's own state" in capsys.readouterr().err
+    assert snapshot(out) == before and hidden(tmp_path) == []
+
+
+def test_a_moved_run_folder_resumes_where_it_is_now(
+    prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from recone_lite.config import dump_recipe
+    from recone_lite.training import resolve_recipe
+
+    first = tmp_path / "first"
+    fake_run(first, "running")
+    recipe_yaml = dump_recipe(resolve_recipe(str(write_recipe(tmp_path / "r.yaml", prepared,
+                                                              first)), None, None, None))
+    (first / "recipe.yaml").write_text(recipe_yaml)
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    first.rename(moved)
+    recipe = resolve_recipe(str(moved / "recipe.yaml"), None, None, None)
+    assert recipe.output_dir == str(moved)  # its own folder, not the one it was trained in
+    checkpoint, _ = prepare_run_dir(moved, dump_recipe(recipe), resume=True, overwrite=False)
+    assert checkpoint == moved / "checkpoint-2"
 
 
 def safetensors(path: Path, floats: int = 4) -> None:
@@ -418,3 +443,16 @@ def test_sigterm_then_resume_past_a_corrupt_checkpoint_then_overwrite(
     run_json = json.loads((out / "run.json").read_text())
     assert run_json["status"] == "finished" and run_json["global_step"] == 1
     assert not list(out.glob("checkpoint-2*")) and hidden(tmp_path) == []
+
+
+def test_tensorboard_logs_stay_inside_the_run_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from recone_lite.training import trainer_config
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "elsewhere"))
+    # "all": whatever is installed, TensorBoard included (and no dependency for this test)
+    trainer_config("sft", {"report_to": "all", "max_steps": 1}, tmp_path / "run", 0)
+    assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "run" / "runs")

@@ -128,7 +128,7 @@ def test_a_trainer_value_of_the_wrong_type_names_the_key(
 ) -> None:
     with pytest.raises(InputError) as err:
         load_recipe(str(recipe_file), [override])
-    assert str(err.value).startswith(f"{recipe_file}: {message}")
+    assert str(err.value).startswith(f"override {override!r}: {message}")  # not the file's
     assert "\n" not in str(err.value)
 
 
@@ -161,8 +161,9 @@ def test_a_bad_trainer_value_is_one_line_before_anything_loads(
         code, _, err = main(capsys, "train", "--recipe", recipe_file, "--dry-run",
                             "grpo.learning_rate=abc")
     assert code == 2
+    where = recipe_file if command == "validate" else "override 'grpo.learning_rate=abc'"
     assert err.strip().splitlines() == [
-        f"error: {recipe_file}: grpo.learning_rate: Input should be a valid number, unable to "
+        f"error: {where}: grpo.learning_rate: Input should be a valid number, unable to "
         "parse string as a number (got 'abc')"
     ]
 

@@ -214,10 +214,14 @@ def test_existing_output_is_refused(merged, tiny, capsys, monkeypatch):
         export(tiny["run"], merged=tiny["root"], overwrite=True)  # a folder holding it
 
 
-def test_overwrite_replaces_an_existing_folder(tiny, tmp_path):
+def test_overwrite_replaces_an_existing_export_only(tiny, tmp_path):
     out = tmp_path / "m"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    with pytest.raises(InputError, match="no recone.json"):  # someone else's folder (issue 25)
+        export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
+    assert [p.name for p in out.iterdir()] == ["old.txt"]
+    (out / "recone.json").write_text("{}")  # an earlier export
     export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
     assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
 

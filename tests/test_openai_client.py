@@ -90,3 +90,37 @@ def test_streaming_reads_requests_lazily():
         assert first.content == "<rate>0</rate>"
         assert len(read) < 40  # only a window ahead of what was consumed
         stream.close()
+
+
+CHOICE = b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": %s}}]}'
+MALFORMED = [  # status 200 (a proxy, a broken server): each one request's failure, not a crash
+    ("text/html", b"<html><body>502 Bad Gateway (proxy)</body></html>", "not JSON"),
+    ("application/json", b"<html><body>proxy</body></html>", "not JSON (Expecting value"),
+    ("application/json", b'{"id": "x", "choices": [{"index": 0, "mess', "not JSON (Unterminated"),
+    ("application/json", b'{"choices": "nope"}', "no choices"),
+    ("application/json", b'{"choices": []}', "no choices"),
+    ("application/json", b"[1, 2]", "no choices"),
+    ("application/json", b'{"choices": [{"index": 0, "message": null}]}', "no message text"),
+    ("application/json", CHOICE % b"5", "no message text"),
+    ("application/json", CHOICE % b'["a"]', "no message text"),
+]
+
+
+@pytest.mark.parametrize(("kind", "body", "words"), MALFORMED,
+                         ids=[w.split()[0] + str(i) for i, (_, _, w) in enumerate(MALFORMED)])
+def test_a_malformed_reply_fails_its_request_only(kind, body, words):
+    with chat_server(raw=[(200, kind, body)]) as server:
+        results = chat_completions(ask(2), base_url=server.url, model="m", concurrency=1)
+    assert not results[0].ok and results[0].content is None
+    assert results[0].error.startswith("bad response: ") and words in results[0].error
+    assert "\n" not in results[0].error
+    assert results[1].ok and results[1].content == "<rate>4</rate>"
+
+
+def test_odd_usage_numbers_are_not_a_failure():
+    body = (b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "<rate>3'
+            b'</rate>"}, "finish_reason": 7}], "usage": {"prompt_tokens": "x"}}')
+    with chat_server(raw=[(200, "application/json", body)]) as server:
+        (result,) = chat_completions(ask(1), base_url=server.url, model="m")
+    assert result.ok and result.content == "<rate>3</rate>"
+    assert (result.prompt_tokens, result.finish_reason) == (0, None)

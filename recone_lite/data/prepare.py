@@ -605,7 +605,7 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
     loaded = load(Path(reviews) if reviews else None, Path(meta) if meta else None, state)
     state.scale = options.rating_scale or loaded.scale
     clock = time.perf_counter()
-    with atomic_path(out) as tmp_out:
+    with atomic_path(out, marker="manifest.json") as tmp_out:
         spill_path = tmp_out.parent / "reviews.spill"
         table = _read(loaded, state, spill_path, options.review_chars)
         n = table["u"].size

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite.data.records import ReadState
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, no_file
 from recone_lite.log import progress
 
 CHUNK = 1 << 20
@@ -72,7 +72,7 @@ def iter_lines(path: str | Path, state: ReadState) -> Iterator[bytes]:
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError("no such file", path=path)
+        raise no_file(path=path)
     state.path, state.line = path, 0
     report: dict[str, Any] = {}
     number = 0

@@ -7,7 +7,6 @@ One pass over each file; the id sets and the length arrays grow with the data.
 
 from __future__ import annotations
 
-import json
 from array import array
 from collections import Counter
 from collections.abc import Iterable
@@ -20,7 +19,7 @@ from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console
 from recone_lite.metrics import percentile, percentiles
-from recone_lite.prepared import SPLITS, read_scale
+from recone_lite.prepared import SPLITS, read_manifest, read_scale
 from recone_lite.prompts import load_tokenizer, render_prompt
 
 PERCENTILES = (0, 10, 50, 90, 100)
@@ -71,7 +70,7 @@ def stats(folder: str | Path) -> dict[str, Any]:
     if not (folder / "manifest.json").is_file():
         raise InputError("not a prepared folder (no manifest.json); run `recone-lite data "
                          "prepare` first", path=folder)
-    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest = read_manifest(folder)
     users: set[str] = set()
     items: set[str] = set()
     splits = {name: split_stats(folder / f"{name}.jsonl", users, items) for name in SPLITS}
