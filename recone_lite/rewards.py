@@ -239,6 +239,15 @@ def _truths(rating: Sequence[float] | None, completions: Sequence[Any]) -> list[
     return [float(r) for r in rating]
 
 
+def _scored(score: Callable[[float | None, float, tuple[float, float]], float],
+            completions: Sequence[Any], rating: Sequence[float] | None,
+            scale: tuple[float, float]) -> list[float]:
+    """`score(parsed rating, truth, scale)` per completion (the answer rewards' common body)."""
+    truths = _truths(rating, completions)
+    return [score(parse_rating(completion_text(c), scale), y, scale)
+            for c, y in zip(completions, truths, strict=True)]
+
+
 def reward_format(
     prompts: Any,
     completions: Sequence[Any],
@@ -271,11 +280,7 @@ def reward_answer(
     ...               rating=[4, 4, 1, 4])
     [1.0, 0.75, 0.0, 0.0]
     """
-    truths = _truths(rating, completions)
-    return [
-        answer_reward(parse_rating(completion_text(c), scale), y, scale)
-        for c, y in zip(completions, truths, strict=True)
-    ]
+    return _scored(answer_reward, completions, rating, scale)
 
 
 def reward_squared(
@@ -290,11 +295,7 @@ def reward_squared(
     >>> reward_squared(None, ["<rate>4</rate>", "<rate>2</rate>", "no idea"], rating=[4, 4, 4])
     [1.0, 0.75, 0.0]
     """
-    truths = _truths(rating, completions)
-    return [
-        squared_reward(parse_rating(completion_text(c), scale), y, scale)
-        for c, y in zip(completions, truths, strict=True)
-    ]
+    return _scored(squared_reward, completions, rating, scale)
 
 
 def reward_correct(
@@ -309,11 +310,7 @@ def reward_correct(
     >>> reward_correct(None, ["<rate>3.6</rate>", "<rate>3</rate>", "<rate>"], rating=[4] * 3)
     [2.0, 0.0, 0.0]
     """
-    truths = _truths(rating, completions)
-    return [
-        correct_reward(parse_rating(completion_text(c), scale), y, scale)
-        for c, y in zip(completions, truths, strict=True)
-    ]
+    return _scored(correct_reward, completions, rating, scale)
 
 
 _FUNCTIONS: dict[str, Callable[..., list[float]]] = {
