@@ -224,9 +224,13 @@ class RunStart:
             shutil.rmtree(self.out, ignore_errors=True)
             os.replace(self.aside, self.out)
             warn(f"the new run stopped before it started; {self.out} holds the earlier run again")
-        elif self.created:
-            (self.out / RECIPE_YAML).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # only when empty: nothing else is touched
+        elif self.created:  # new or empty before: all in it is this run's (recipe.yaml, the
+            for child in self.out.iterdir():  # warm-up's scratch folder and adapter, ...)
+                if child.is_dir() and not child.is_symlink():
+                    shutil.rmtree(child, ignore_errors=True)
+                else:
+                    child.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
                 self.out.rmdir()
 
 

@@ -166,6 +166,16 @@ def test_a_new_run_that_fails_to_start_puts_the_old_run_back(tmp_path: Path) -> 
         raise RuntimeError("model did not load")
     assert not fresh.exists() and hidden(tmp_path) == []
 
+    # killed during the warm-up (before it started): its scratch folder and adapter go too, so
+    # the next train to the same --out, --overwrite or not, is not refused by what it left
+    with pytest.raises(KeyboardInterrupt), open_run_dir(fresh, "a: 1\n", resume=False,
+                                                        overwrite=False):
+        (fresh / "warmup").mkdir()
+        (fresh / "warmup" / "trainer_state.json").write_text("{}")
+        (fresh / "warmup-adapter").mkdir()
+        raise KeyboardInterrupt
+    assert not fresh.exists() and hidden(tmp_path) == []
+
 
 def test_cli_overwrite_with_a_model_that_does_not_load_keeps_the_old_run(
     prepared: Path, tmp_path: Path, capsys: pytest.CaptureFixture
