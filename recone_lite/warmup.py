@@ -14,6 +14,7 @@ from typing import Any, get_args
 from recone_lite import log
 from recone_lite.config import Recipe, WarmupSection
 from recone_lite.monitor import make_monitor
+from recone_lite.rewards import completion_text
 from recone_lite.traces import evidence_answer, template_answer
 from recone_lite.training import Data, fit, kept_history, render_rows, sft_config, sft_row
 
@@ -80,6 +81,26 @@ assert set(TRACES) == set(get_args(WarmupSection.model_fields["teacher"].annotat
 WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 
 
+def answer_room_problem(rows: list[dict[str, Any]], tokenizer: Any, recipe: Recipe
+                        ) -> str | None:
+    """Why the warm-up's answers do not fit the tokens the run then generates, or None: a model
+    that learns ~85-token answers and may write 64 is cut before `<rate>` on every dev example
+    and every rollout (coverage 0, every GRPO group flat). `warm_up` warns with it before the
+    warm-up's minutes are spent (a warning, not an error: tests and quick looks shrink both on
+    purpose)."""
+    longest = max((len(tokenizer.encode(completion_text(row["completion"]),
+                                        add_special_tokens=False)) for row in rows), default=0)
+    room = {"evaluation.max_new_tokens": recipe.evaluation.max_new_tokens}
+    if isinstance(recipe.grpo.get("max_completion_length"), int):
+        room["grpo.max_completion_length"] = recipe.grpo["max_completion_length"]
+    for key, tokens in room.items():
+        if longest >= tokens:
+            return (f"the warm-up's answers are up to {longest} tokens, so a model trained on "
+                    f"them is cut at {key}={tokens} before <rate> (no rating, coverage 0); "
+                    f"raise {key} above {longest}")
+    return None
+
+
 def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -> dict[str, Any]:
     """A few SFT steps on the teacher's offline traces (`TRACES`: tagged answers ending in the
     true rating, in the prompt's estimate, or half in it and half in its rounding) so a tiny
@@ -98,6 +119,8 @@ def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -
         for index, (example, rendered) in enumerate(render_rows(examples, tokenizer, recipe.data,
                                                                 data.scale))
     ]
+    if problem := answer_room_problem(rows, tokenizer, recipe):
+        log.warn(problem)
     log.info(f"warm-up: {warmup.steps} SFT steps on {len(rows)} {TRACES[warmup.teacher]} from "
              f"{split} (offline, not RecOne)")
     args = sft_config({"max_steps": warmup.steps, "learning_rate": warmup.learning_rate,

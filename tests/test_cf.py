@@ -123,3 +123,27 @@ def test_train_recent_keeps_each_users_newest_train_examples(base) -> None:
                 for e in sorted(rows, key=lambda e: e["timestamp"])[-2:]}
     assert {e["id"] for e in kept} == expected
     assert data.sizes["train"] == len(expected) < len(splits["train"])
+
+
+def test_a_warmup_whose_answers_do_not_fit_is_named_before_training(base, smollm2_dir) -> None:
+    """The cf line makes the evidence answers ~85 tokens: a run that generates fewer is told so
+    before its warm-up trains (it would be cut before <rate> everywhere: coverage 0)."""
+    from transformers import AutoTokenizer
+
+    from recone_lite.config import load_recipe
+    from recone_lite.training import sft_row
+    from recone_lite.warmup import answer_room_problem, warmup_answer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir)
+    _, splits = base
+    rows = [sft_row([], warmup_answer(e, "reczero", (1.0, 5.0), "evidence", ("mf", "knn",
+                                                                              "biases")))
+            for e in splits["train"][:20]]
+    short = answer_room_problem(rows, tokenizer, load_recipe("cpu-quality", [
+        "evaluation.max_new_tokens=32"]))
+    assert short and "cut at evaluation.max_new_tokens=32 before <rate>" in short
+    rollouts = answer_room_problem(rows, tokenizer, load_recipe("cpu-quality", [
+        "evaluation.max_new_tokens=512", "grpo.max_completion_length=20"]))
+    assert rollouts and "grpo.max_completion_length=20" in rollouts
+    assert answer_room_problem(rows, tokenizer, load_recipe("cpu-quality", [
+        "evaluation.max_new_tokens=512", "grpo.max_completion_length=512"])) is None
