@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = time.perf_counter()
     timings: dict[str, float] = {}
     if not (args.data / "manifest.json").is_file():
-        prepare("recbole-ml-100k", None, None, args.data, Options())
+        prepare("recbole-ml-100k", None, None, args.data, Options(cf="auto"))
     recipe = load_recipe(args.recipe, [f"data.dir={args.data}", f"output_dir={args.out}",
                                        *args.overrides])
     scale = tuple(json.loads((args.data / "manifest.json").read_text())["rating_scale"])

@@ -52,7 +52,7 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
                          field="--data")
     if not (data / "manifest.json").is_file():
         log.info(f"demo 1/4: preparing MovieLens-100k (recbole package) into {data}")
-        prepare("recbole-ml-100k", None, None, data, Options(), overwrite=False)
+        prepare("recbole-ml-100k", None, None, data, Options(cf="auto"), overwrite=False)
     else:
         log.info(f"demo 1/4: using the prepared data in {data}")
 

@@ -23,7 +23,7 @@ from recone_lite.prompts import PromptStyle, build_messages
 from recone_lite.training import load_data
 
 ROWS = random_reviews(900, seed=3)
-OPTIONS = Options(k_core=3, coldstart=20, seed=1)
+OPTIONS = Options(k_core=3, coldstart=20, seed=1, cf="auto")
 
 
 def prepared(tmp_path: Path, name: str, rows: list) -> dict[str, list[dict]]:

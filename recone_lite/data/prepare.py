@@ -84,7 +84,7 @@ class Options:
     salvage: bool = False
     skip_bad: bool = False
     allow_pickle: bool = False
-    cf: str = "auto"  # collaborative evidence models (data/cf.py): auto, none or a list
+    cf: str = "none"  # collaborative evidence (data/cf.py): auto, none or a list; the CLI: auto
     cf_recent: int = 5  # recency folds of the out-of-fold predictions for train examples
     cf_folds: int = 5  # random folds of the older train ratings
 
