@@ -104,7 +104,7 @@ def test_baselines_hand_computed(data: Path) -> None:
     assert test["item_mean"]["mae"] == round((2.4 + 2.0 + 0.5) / 3, 4)  # e ->3.4, b 4.0, a 3.5
     dev = report["splits"]["dev"]
     assert dev["user_mean"]["mae"] == round((2.0 + 0.0) / 2, 4)
-    assert set(test) == {"global_mean", "user_mean", "item_mean", "biases", "mf"}
+    assert set(test) == {"global_mean", "user_mean", "item_mean", "biases", "mf", "knn"}
 
 
 def als_biases(ratings, epochs=10, reg_u=15.0, reg_i=10.0):
