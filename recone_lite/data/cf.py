@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from recone_lite.errors import InputError, ReconeError
+from recone_lite.prepared import is_number
 
 CF_MODELS = ("biases", "mf", "knn")
 KNN_MAX_ITEMS = 20_000  # item-kNN holds an items x items similarity matrix (8 B per pair)
@@ -57,8 +58,7 @@ def rated(examples: Iterable[dict[str, Any]]) -> list[Rated]:
         user = str(example["user_id"])
         for entry in [*(example.get("history") or []), example]:
             rating = entry.get("rating")
-            if isinstance(rating, (int, float)) and not isinstance(rating, bool) \
-                    and rating == rating and entry.get("item_id") is not None:
+            if is_number(rating) and entry.get("item_id") is not None:
                 seen.setdefault((user, str(entry["item_id"]), entry.get("timestamp")),
                                 float(rating))
     return [(user, item, time, rating) for (user, item, time), rating in seen.items()]
