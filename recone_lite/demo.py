@@ -24,10 +24,11 @@ from recone_lite import grpo, log
 from recone_lite.data.prepare import Options, prepare
 from recone_lite.errors import InputError
 from recone_lite.evaluate import evaluate, print_report
-from recone_lite.predict import predict
+from recone_lite.predict import predict, recipe_options
 from recone_lite.prepared import read_scale
 from recone_lite.report import HINT, write_report
-from recone_lite.runs import LOG_JSONL, read_run_json
+from recone_lite.run_folder import RunFolder
+from recone_lite.runs import LOG_JSONL
 from recone_lite.training import resolve_recipe
 
 
@@ -57,9 +58,10 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
         log.info(f"demo 1/4: using the prepared data in {data}")
 
     recipe = resolve_recipe("cpu-demo", [f"data.dir={data}", *overrides], out, None)
-    if read_run_json(out).get("status") == "finished" and not overwrite:
+    folder = RunFolder(out)
+    if folder.run.get("status") == "finished" and not overwrite:
         log.info(f"demo 2/4: reusing the finished run in {out} (--overwrite to train again)")
-        run = read_run_json(out)
+        run = folder.run
     else:
         log.info("demo 2/4: evidence warm-up, then GRPO (recipe cpu-demo)")
         run = grpo.train(recipe, resume=not overwrite, overwrite=overwrite, recipe_name="cpu-demo")
@@ -71,12 +73,8 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
     predictions = out / "test-predictions.jsonl"
     predictions.unlink(missing_ok=True)
     low, high = read_scale(data)
-    predict(
-        str(sample), model=recipe.model.name, adapter=str(out), template=recipe.data.template,
-        scale=f"{low},{high}", max_prompt_tokens=recipe.data.max_prompt_tokens,
-        max_new_tokens=recipe.evaluation.max_new_tokens, batch_size=recipe.evaluation.batch_size,
-        out=str(predictions),
-    )
+    predict(str(sample), adapter=str(out), scale=f"{low},{high}", out=str(predictions),
+            **recipe_options(recipe))
 
     log.info("demo 4/4: evaluating against the baselines on the same test examples")
     report = evaluate(data, predictions, "test", subset=True)  # the first test_limit examples

@@ -20,7 +20,8 @@ from recone_lite.gpu import (
 from recone_lite.models import check_spec
 from recone_lite.plan import plan_recipe
 from recone_lite.prompts import load_tokenizer
-from recone_lite.runs import is_run_dir, latest_checkpoint, read_run_json
+from recone_lite.run_folder import RunFolder
+from recone_lite.runs import latest_checkpoint
 from recone_lite.training import prompts_per_step, total_steps
 
 
@@ -111,9 +112,10 @@ def run_dir_state(out: Path) -> str:
     """How `train` would treat the output directory (for the dry run)."""
     if not out.exists() or not any(out.iterdir()):
         return "new run"
-    if not is_run_dir(out):
+    folder = RunFolder(out)
+    if not folder.is_run:
         return "not empty and holds no run: refused (choose a new or empty folder)"
-    if read_run_json(out).get("status") == "finished":
+    if folder.run.get("status") == "finished":
         return "holds a finished run (--overwrite to replace it)"
     checkpoint = latest_checkpoint(out)
     return f"unfinished run, --resume continues from {checkpoint.name}" if checkpoint else \

@@ -54,6 +54,7 @@ from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth
 from recone_lite.jsonl import atomic_path, check_target
 from recone_lite.models import RECONE_JSON
 from recone_lite.run_settings import SETTINGS, export_record, recone_json_path
+from recone_lite.runs import RECIPE_YAML
 from recone_lite.verify import check_merged, free_memory, probe, verify_merged
 from recone_lite.versions import stack_versions
 
@@ -201,9 +202,9 @@ def write_merged(source: Source, out: Path, dtype: str, verify: bool, prompts: i
                 if not report.ok:
                     raise ReconeError(f"verification failed, nothing written to {out}: "
                                       f"{report.problem} (--no-verify writes it anyway)")
-            recipe_file = source.adapter / "recipe.yaml"
+            recipe_file = source.adapter / RECIPE_YAML
             if recipe_file.is_file():
-                shutil.copyfile(recipe_file, tmp / "recipe.yaml")
+                shutil.copyfile(recipe_file, tmp / RECIPE_YAML)
             _write_json(tmp / RECONE_JSON, _record(
                 source, "merged", dtype=dtype, merged_by=engine,
                 verification=dataclasses.asdict(report) if report else None))

@@ -9,14 +9,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from recone_lite import log
 from recone_lite.errors import InputError, first_line, remote_code_hint
-from recone_lite.models import ModelSpec, adapter_config, adapter_mismatch, load_model
-from recone_lite.prepared import parse_scale, read_scale
+from recone_lite.models import ModelSpec, adapter_mismatch, load_model
+from recone_lite.prepared import is_prepared, parse_scale, read_scale
 from recone_lite.prompts import TEMPLATES
-from recone_lite.runs import RECIPE_YAML, read_run_json
+from recone_lite.run_folder import RunFolder
 
 BYTES_PER_PARAM = {"bfloat16": 2, "float16": 2, "float32": 4}
 
@@ -70,24 +68,22 @@ def resolve_source(
     --trust-remote-code) says so: a recipe.yaml asking for it without that is refused."""
     from pydantic import ValidationError
 
-    folder = Path(adapter).expanduser()
-    config = adapter_config(folder)
-    if not any((folder / name).is_file() for name in ADAPTER_WEIGHTS):
+    folder = RunFolder(adapter)
+    config = folder.adapter_config
+    if not any((folder.path / name).is_file() for name in ADAPTER_WEIGHTS):
         raise InputError("no adapter_model.safetensors (or .bin) in the adapter folder",
-                         path=folder)
+                         path=folder.path)
     if config.get("peft_type", "LORA") != "LORA":
         raise InputError(f"a {config.get('peft_type')} adapter: only LoRA adapters are exported",
-                         path=folder / "adapter_config.json")
-    recipe = _read_yaml(folder / RECIPE_YAML)
-    section = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
-    data_section = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+                         path=folder.path / "adapter_config.json")
+    section, data_section = folder.section("model"), folder.section("data")
     name = base or section.get("name") or config.get("base_model_name_or_path")
     if not name:
         raise InputError("the adapter records no base model; pass --base MODEL", field="base")
     if section.get("trust_remote_code") and not base and not trust_remote_code:
         raise InputError("asks for model.trust_remote_code: true, which runs the model "
                          "repository's own Python code; pass --trust-remote-code to allow it",
-                         path=folder / RECIPE_YAML)
+                         path=folder.recipe_path)
     keep = ("max_seq_length",) if base else ("gguf_file", "max_seq_length")
     try:
         spec = ModelSpec(name=str(name), trust_remote_code=trust_remote_code,
@@ -102,25 +98,15 @@ def resolve_source(
         data = data_section["dir"]
     if isinstance(scale, str):
         scale = parse_scale(scale)
-    elif scale is None and data is not None and (Path(data) / "manifest.json").is_file():
+    elif scale is None and data is not None and is_prepared(data):
         scale = read_scale(data)
-    source = Source(folder, spec, config, recipe, read_run_json(folder), template,
+    source = Source(folder.path, spec, config, folder.recipe, folder.run, template,
                     tuple(scale) if scale else None, Path(data) if data is not None else None)
     recorded = source.recorded_base
     if recorded and not _same_name(recorded, source):  # a local copy of the same model is fine
         log.warn(f"the adapter records base {recorded}; using {source.base_name} (its shapes "
                  "are checked before merging)")
     return source
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise InputError(f"malformed YAML ({err})", path=path) from None
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def skeleton(spec: ModelSpec, read_gguf: bool = False) -> Any | None:

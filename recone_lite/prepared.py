@@ -16,6 +16,17 @@ from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
 
 SPLITS = ("train", "dev", "test", "coldstart")  # data prepare's split codes 0..3
+MANIFEST = "manifest.json"
+
+
+def manifest_path(data_dir: str | Path) -> Path:
+    """Where a prepared directory's manifest lies (also what marks a folder as prepared)."""
+    return Path(data_dir) / MANIFEST
+
+
+def is_prepared(data_dir: str | Path) -> bool:
+    """Whether `data_dir` holds a manifest.json (the file `data prepare` writes last)."""
+    return manifest_path(data_dir).is_file()
 
 
 def parse_scale(text: str, field: str = "scale") -> tuple[float, float]:
@@ -44,7 +55,7 @@ def parse_scale(text: str, field: str = "scale") -> tuple[float, float]:
 
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     """A prepared directory's manifest.json; a missing or corrupt one is one InputError."""
-    path = Path(data_dir) / "manifest.json"
+    path = manifest_path(data_dir)
     if not path.is_file():
         raise InputError(
             "no manifest.json: not a prepared directory (run `recone-lite data prepare`)", path=path
@@ -64,7 +75,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
 
 def read_scale(data_dir: str | Path) -> tuple[float, float]:
     """The rating scale `[min, max]` from a prepared directory's manifest.json."""
-    path = Path(data_dir) / "manifest.json"
+    path = manifest_path(data_dir)
     manifest = read_manifest(data_dir)
     try:
         low, high = manifest["rating_scale"]

@@ -33,7 +33,8 @@ from recone_lite.evaluate import print_report
 from recone_lite.jsonl import atomic_path, check_target, read_jsonl
 from recone_lite.log import console, info
 from recone_lite.metrics import fmt_metric
-from recone_lite.runs import LOG_JSONL, RUN_JSON, read_run_json
+from recone_lite.run_folder import RunFolder
+from recone_lite.runs import LOG_JSONL, RUN_JSON
 
 HINT = ("report: no pictures, matplotlib is not installed; pip install 'recone-lite[report]' "
         "draws them")
@@ -82,7 +83,7 @@ def read_run(run_dir: Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_JSON).is_file() and not (run_dir / LOG_JSONL).is_file():
         raise InputError(f"not a run folder (no {RUN_JSON} or {LOG_JSONL})", path=run_dir)
-    record = read_run_json(run_dir)
+    record = RunFolder(run_dir).run
     steps = []
     if (run_dir / LOG_JSONL).is_file():
         for _, entry in read_jsonl(run_dir / LOG_JSONL):

@@ -17,12 +17,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from recone_lite.errors import InputError
-from recone_lite.models import adapter_config, read_recone_json
-from recone_lite.prepared import read_scale
+from recone_lite.models import read_recone_json
+from recone_lite.prepared import is_prepared, manifest_path, read_scale
 from recone_lite.prompts import PromptStyle
+from recone_lite.run_folder import RunFolder
 from recone_lite.runs import RECIPE_YAML
 
 SETTINGS = "predict"  # the key of recone.json that holds these settings
@@ -98,37 +96,25 @@ def from_recipe(recipe: dict[str, Any], where: str) -> RunDefaults:
     if found.prompt:
         found.sources["prompt"] = where
     data_dir = data.get("dir")
-    if isinstance(data_dir, str) and (Path(data_dir) / "manifest.json").is_file():
+    if isinstance(data_dir, str) and is_prepared(data_dir):
         found.scale = read_scale(data_dir)
-        found.sources["scale"] = str(Path(data_dir) / "manifest.json")
+        found.sources["scale"] = str(manifest_path(data_dir))
     return found
-
-
-def read_recipe(path: Path) -> dict[str, Any]:
-    """A recipe.yaml as a dict ({} when absent or not a mapping); InputError when malformed."""
-    if not path.is_file():
-        return {}
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError(f"malformed YAML ({type(err).__name__})", path=path) from None
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def run_defaults(adapter: str | Path) -> RunDefaults:
     """What an adapter folder says: a run folder's recipe.yaml (`from_recipe`); else the
     recone.json of an `export --adapter-only` folder (`from_record`); the base from
     adapter_config.json when neither names it. A plain peft folder gives only the base."""
-    folder = Path(adapter).expanduser()
-    config = adapter_config(folder)  # InputError for a missing folder or a non-adapter one
-    recipe_path = folder / RECIPE_YAML
-    if recipe_path.is_file():
-        found = from_recipe(read_recipe(recipe_path), str(recipe_path))
+    folder = RunFolder(adapter)
+    config = folder.adapter_config  # InputError for a missing folder or a non-adapter one
+    if folder.recipe_path.is_file():
+        found = from_recipe(folder.recipe, str(folder.recipe_path))
     else:
-        found = from_record(read_recone_json(folder), folder)
+        found = from_record(read_recone_json(folder.path), folder.path)
     if found.model is None and isinstance(config.get("base_model_name_or_path"), str):
         found.model = config["base_model_name_or_path"]
-        found.sources["model"] = str(folder / "adapter_config.json")
+        found.sources["model"] = str(folder.path / "adapter_config.json")
     return found
 
 
@@ -145,7 +131,7 @@ def export_record(source_recipe: dict[str, Any], template: str | None,
     >>> record["prompt"]["item_history"], record["readout"], record["max_new_tokens"]
     (5, None, None)
     """
-    found = from_recipe(source_recipe, "recipe.yaml")
+    found = from_recipe(source_recipe, RECIPE_YAML)
     style = PromptStyle(**found.prompt)
     return {
         "template": template or found.template,
@@ -165,10 +151,10 @@ def from_record(record: dict[str, Any], where: str | Path) -> RunDefaults:
     label = str(where)
     settings = record.get(SETTINGS)
     if not isinstance(settings, dict):
-        folder = Path(where)
-        recipe = read_recipe(folder / RECIPE_YAML) if folder.is_dir() else {}
+        folder = RunFolder(where)
+        recipe = folder.recipe if folder.path.is_dir() else {}
         if recipe:
-            found = from_recipe(recipe, str(folder / RECIPE_YAML))
+            found = from_recipe(recipe, str(folder.recipe_path))
             found.model = found.gguf_file = found.max_seq_length = found.quantization = None
             found.scale = None
             found.sources.pop("model", None)

@@ -54,7 +54,8 @@ from recone_lite.gpu import (
 from recone_lite.models import adapter_config, load_model
 from recone_lite.prepared import iter_split, read_scale
 from recone_lite.prompts import PromptStyle, render_prompt
-from recone_lite.runs import RECIPE_YAML, is_run_dir
+from recone_lite.run_folder import RunFolder
+from recone_lite.runs import RECIPE_YAML
 from recone_lite.runtime import cpu_threads, import_unsloth_first, quiet_progress_bars
 from recone_lite.versions import package_version
 
@@ -511,7 +512,7 @@ def resolve_recipe(
     check_report_to(recipe, resolve_recipe_path(name))  # trainer_config checks again, for the API
     update: dict[str, Any] = {}
     path = resolve_recipe_path(name)
-    if out is None and path.name == RECIPE_YAML and is_run_dir(path.parent):
+    if out is None and path.name == RECIPE_YAML and RunFolder(path.parent).is_run:
         out = path.parent  # a run's own recipe.yaml: that run, wherever it has been moved to
     if out is not None:
         update["output_dir"] = str(out)
