@@ -5,15 +5,22 @@ Data goes to stdout, logs and progress to stderr. Exit codes: 0 ok, 1 runtime fa
 
 Longer than 600 lines and one unit on purpose: every command's options, help text and examples,
 in the order `--help` lists them; each body only passes its options on to the module that does
-the work (docs/architecture.md maps them).
+the work (docs/architecture.md maps them). `predict`'s options are the fields of
+`predict_settings.PredictSettings` (`_settings_options` turns them into typer options), which the
+library, the demo and the benches share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import functools
+import inspect
 import sys
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -27,6 +34,7 @@ from recone_lite.errors import InputError, ReconeError
 from recone_lite.evaluate import evaluate, print_report
 from recone_lite.jsonl import dumps
 from recone_lite.log import info, warn
+from recone_lite.predict_settings import MAX_INT, PredictSettings
 from recone_lite.prepared import find_example, parse_scale, read_scale
 from recone_lite.prompts import build_messages, load_tokenizer, render_prompt
 from recone_lite.teacher import make_traces
@@ -60,7 +68,6 @@ def version() -> None:
 
 # --- data commands (data prepare / data stats / data show) -------------------------------------
 
-MAX_INT = 2**31 - 1  # integer options: a 20-digit value is a usage error, not an overflow
 _SOURCE_HELP = f"raw format, one of: {', '.join(SOURCES)} (see docs/data.md)"
 
 
@@ -333,118 +340,39 @@ def data_show(
 # --- model commands (predict) ------------------------------------------------------------------
 
 
+def _settings_options(cls: type) -> Callable[[Callable[[Any], None]], Callable[..., None]]:
+    """A command whose options are the fields of the dataclass `cls` (name, type, default, help
+    and bounds from each field's metadata), so each option is declared once, in `cls`; the
+    command's body gets one `cls` object."""
+
+    def wrap(body: Callable[[Any], None]) -> Callable[..., None]:
+        hints = typing.get_type_hints(cls)
+        params = []
+        for field in dataclasses.fields(cls):
+            meta = field.metadata
+            shown = {} if meta["show_default"] else {"show_default": False}
+            info = typer.Argument(help=meta["help"], **shown) if meta["argument"] else \
+                typer.Option(*meta["flags"], min=meta["min"], max=meta["max"], help=meta["help"],
+                             **shown)
+            params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
+                                            default=field.default,
+                                            annotation=Annotated[hints[field.name], info]))
+
+        @functools.wraps(body)
+        def command(**values: Any) -> None:
+            body(cls(**values))
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer reads the signature above, not the body's
+        return command
+
+    return wrap
+
+
 @app.command()
-def predict(
-    model: Annotated[
-        str | None,
-        typer.Option(
-            help="hub id, model folder or .gguf file; with --backend openai, the served model "
-            "or adapter name [default: the base model recorded in the --adapter run folder]",
-            show_default=False,
-        ),
-    ] = None,
-    input: Annotated[
-        str,
-        typer.Argument(
-            help="requests JSONL (prepared examples or bare {id, history, target}); - reads stdin"
-        ),
-    ] = "-",
-    gguf_file: Annotated[
-        str | None, typer.Option(help="GGUF file inside the --model folder")
-    ] = None,
-    adapter: Annotated[str | None, typer.Option(
-        help="LoRA adapter folder (peft); a `train` / `sft` run folder (or an adapter-only "
-        "export) also gives the defaults of --model, --template, the prompt options, "
-        "--max-prompt-tokens, --max-new-tokens, --scale, --readout and --quantization; with "
-        "--backend openai it only gives those settings and its base's tokenizer")] = None,
-    template: Annotated[
-        str | None,
-        typer.Option(help="prompt: reczero, think or none (default: the adapter run's "
-                     "data.template, else an exported model's recone.json, else reczero)"),
-    ] = None,
-    scale: Annotated[
-        str | None,
-        typer.Option(help="rating scale MIN,MAX (default: the input's manifest.json, else the "
-                     "adapter run's data, else an exported model's recone.json, else 1,5)"),
-    ] = None,
-    max_prompt_tokens: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="prompt budget, oldest history dropped first (default: the adapter run's "
-            "data.max_prompt_tokens, else an exported model's recone.json, else max length - "
-            "max new tokens)",
-        ),
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, max=MAX_INT,
-                                 help="requests per generation batch (default 8; vllm 256)")
-    ] = None,
-    max_new_tokens: Annotated[int | None, typer.Option(
-        min=1, max=MAX_INT, help="tokens per completion (default: the adapter run's "
-        "evaluation.max_new_tokens, else an exported model's recone.json, else 512)")] = None,
-    temperature: Annotated[float, typer.Option(min=0.0, help="0 is greedy")] = 0.0,
-    samples: Annotated[
-        int, typer.Option(min=1, max=MAX_INT,
-                          help="k completions per request; rating = mean of parsable ones")
-    ] = 1,
-    seed: Annotated[int | None, typer.Option(help="random seed for sampling")] = None,
-    out: Annotated[str | None, typer.Option(help="write here instead of stdout")] = None,
-    resume: Annotated[
-        bool, typer.Option(help="skip the ids already in --out, append the rest")
-    ] = False,
-    completion: Annotated[bool, typer.Option(help="include the completion text")] = True,
-    skip_bad: Annotated[bool, typer.Option(help="count and skip malformed lines")] = False,
-    backend: Annotated[str, typer.Option(help="hf (local), openai (a server) or vllm")] = "hf",
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    ] = None,
-    api_key_env: Annotated[
-        str, typer.Option(help="environment variable holding the API key (never printed)")
-    ] = "OPENAI_API_KEY",
-    concurrency: Annotated[int, typer.Option(
-        min=1, max=MAX_INT, help="requests in flight (openai)")] = 8,
-    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16")] = "auto",
-    quantization: Annotated[str | None, typer.Option(
-        help="none, 4bit or 8bit (CUDA only; default: the adapter run's model.quantization, "
-        "else none)")] = None,
-    trust_remote_code: Annotated[
-        bool, typer.Option(help="run the model repository's own code (only models you trust)")
-    ] = False,
-    readout: Annotated[
-        str | None,
-        typer.Option(help="text: the number written in <rate>; expected: the mean of the model's "
-                     "distribution over the rating tokens after <rate> (hf: from the logits; "
-                     "openai, vllm: from the top-20 logprobs; default: the adapter run's "
-                     "evaluation.readout, else text)"),
-    ] = None,
-    item_history: Annotated[
-        int | None,
-        typer.Option(min=0, help="show the target's newest N earlier ratings by other users "
-                     "(default: the adapter run's data.item_history, else 5; 0: none)"),
-    ] = None,
-    stats: Annotated[
-        bool | None,
-        typer.Option("--stats/--no-stats", help="show the rating-statistics line (default: the "
-                     "adapter run's data.stats, else shown)"),
-    ] = None,
-    system: Annotated[
-        str | None,
-        typer.Option(help="system prompt: full or compact (default: the adapter run's "
-                     "data.system, else full)"),
-    ] = None,
-    max_history: Annotated[
-        int | None,
-        typer.Option(min=1, help="show at most the newest N history items (default: the "
-                     "adapter run's data.max_history, else all that fit)"),
-    ] = None,
-    cf: Annotated[
-        str | None,
-        typer.Option(help="show these collaborative predictions of the request's `cf` object, "
-                     "a comma list of biases, mf, knn ('' for none; default: the adapter run's "
-                     "data.cf, else none)"),
-    ] = None,
-) -> None:
+@_settings_options(PredictSettings)
+def predict(settings: PredictSettings) -> None:
     """Predict ratings: JSONL requests in, one JSON line per request out, in input order,
     {id, rating, ok, completion, tokens} (+ truth; ratings and spread with --samples; probs,
     text_rating and forced with --readout expected).
@@ -461,34 +389,7 @@ def predict(
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.predict import predict as run_predict
 
-    run_predict(
-        input,
-        model=model,
-        gguf_file=gguf_file,
-        adapter=adapter,
-        template=template,
-        scale=scale,
-        max_prompt_tokens=max_prompt_tokens,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        samples=samples,
-        seed=seed,
-        out=out,
-        resume=resume,
-        completion=completion,
-        skip_bad=skip_bad,
-        backend=backend,
-        base_url=base_url,
-        api_key_env=api_key_env,
-        concurrency=concurrency,
-        trust_remote_code=trust_remote_code,
-        readout=readout,
-        prompt={"item_history": item_history, "stats": stats, "system": system,
-                "max_history": max_history, "cf": cf},
-        dtype=dtype,
-        quantization=quantization,
-    )
+    run_predict(settings=settings)
 
 
 # --- training commands (train / sft / traces) --------------------------------------------------

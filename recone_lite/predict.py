@@ -16,9 +16,13 @@ Output is flushed line by line, so `| head -n 3` sees lines as soon as a batch i
 reader that closes the pipe early ends the run quietly. `--out FILE --resume` skips the ids
 already in FILE (a trailing partial line from a kill is dropped) and appends the rest.
 
+`predict()` is three steps: `resolve` the settings (`PredictSettings`, predict_settings.py:
+each from the option, else the `--adapter` run, else the exported `--model`, which
+run_settings.py reads, else the default), `load_backend`, and stream the rows (`write_rows`).
+
 Over 600 lines and one unit: the command's checks before a model loads, which setting comes
-from where (the option, the `--adapter` run or the exported `--model`: run_settings.py reads
-them), the request reader, the rows and the resume rules all decide what one output line holds.
+from where, the request reader, the rows and the resume rules all decide what one output line
+holds.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from recone_lite import log
 from recone_lite.errors import InputError, ReconeError, no_file
@@ -46,13 +50,13 @@ from recone_lite.generate import (
 )
 from recone_lite.jsonl import dumps, read_jsonl
 from recone_lite.models import ModelSpec, check_spec, load_model
+from recone_lite.predict_settings import PredictSettings, recipe_options  # noqa: F401 (benches)
 from recone_lite.prepared import is_number, parse_scale, read_scale
 from recone_lite.prompts import CF_LABELS, TEMPLATES, PromptStyle, load_tokenizer
 from recone_lite.readout import READOUTS, expected_value, scale_values
 from recone_lite.rewards import parse_rating
-from recone_lite.run_settings import PROMPT_KEYS, RunDefaults, export_defaults, run_defaults
+from recone_lite.run_settings import RunDefaults, export_defaults, run_defaults
 
-BackendName = Literal["hf", "openai", "vllm"]
 DEFAULT_BATCH = {"hf": 8, "openai": 8, "vllm": 256}
 DEFAULT_MAX_NEW_TOKENS = 512  # without a run or an export that records its own
 
@@ -298,37 +302,25 @@ def _count_lines(path: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-def predict(
-    input: str = "-",
-    *,
-    model: str | None = None,
-    gguf_file: str | None = None,
-    adapter: str | None = None,
-    template: str | None = None,
-    scale: str | None = None,
-    max_prompt_tokens: int | None = None,
-    batch_size: int | None = None,
-    max_new_tokens: int | None = None,
-    temperature: float = 0.0,
-    samples: int = 1,
-    seed: int | None = None,
-    out: str | None = None,
-    resume: bool = False,
-    completion: bool = True,
-    skip_bad: bool = False,
-    backend: BackendName = "hf",
-    base_url: str | None = None,
-    api_key_env: str = "OPENAI_API_KEY",
-    concurrency: int = 8,
-    trust_remote_code: bool = False,
-    dtype: str = "auto",
-    quantization: str | None = None,
-    readout: str | None = None,
-    prompt: dict[str, Any] | None = None,
-    stdout: IO[str] | None = None,
-    stdin: IO[str] | None = None,
-) -> Counts:
-    """The `predict` command: check the options and files, load the backend, stream the rows.
+@dataclasses.dataclass
+class Resolved:
+    """`predict`'s settings once every layer has spoken (`resolve`): the settings with each
+    recorded value filled in, and what they decide before a model loads."""
+
+    settings: PredictSettings  # model, template, budgets, readout, quantization filled in
+    style: PromptStyle
+    scale: tuple[float, float]
+    max_seq_length: int | None  # the --adapter run's, when its base is the model
+    run: RunDefaults  # what the --adapter run folder records
+    exported: RunDefaults  # what an exported --model's recone.json records
+
+
+def predict(input: str | None = None, settings: PredictSettings | None = None, *,
+            stdout: IO[str] | None = None, stdin: IO[str] | None = None,
+            **options: Any) -> Counts:
+    """The `predict` command: resolve the settings and check the files, load the backend,
+    stream the rows. `input` and `options` (PredictSettings' fields) go over `settings`; with
+    neither, requests come from stdin.
 
     Without `model`, the base comes from the `--adapter` run folder. The prompt and decoding
     settings (template, prompt style and budget, readout, answer length, scale, quantization)
@@ -337,37 +329,124 @@ def predict(
     an explicit option always wins; stderr says which setting came from where.
     """
     # 1. Everything that can be checked without a model, before loading one.
-    if backend not in DEFAULT_BATCH:
-        raise InputError(f"unknown backend {backend!r}; choose hf, openai or vllm", field="backend")
-    if backend == "openai" and not base_url:
+    if input is not None:
+        options["input"] = input
+    resolved = resolve(dataclasses.replace(settings or PredictSettings(), **options))
+    s = resolved.settings
+    spec = None if s.backend == "openai" else _spec(s, resolved.max_seq_length)
+    if spec is not None:
+        check_spec(spec)  # missing files, a folder without a tokenizer: before the slow load
+    out = Path(s.out) if s.out is not None else None
+    start_size = out.stat().st_size if out is not None and out.exists() else None
+    done = done_ids(out) if start_size else set()
+    if done and s.input != "-":
+        check_resumable(out, done, s.input)
+    # The first request is read (and checked) before the model loads, too.
+    counts = Counts()
+    requests: Iterator[dict[str, Any]] = read_requests(
+        s.input, stdin if stdin is not None else getattr(sys.stdin, "buffer", sys.stdin)
+        if s.input == "-" else None, skip_bad=s.skip_bad, done=done, counts=counts)
+    first = next(requests, None)
+    requests = itertools.chain([first], requests) if first is not None else iter(())
+
+    # 2. The backend (this loads the model; nothing to predict: nothing loaded).
+    run_backend = load_backend(resolved, spec) if first is not None else lambda reqs: iter(())
+
+    # 3. Stream: requests -> backend -> one line each, flushed as it comes.
+    total = None if s.input == "-" else max(_count_lines(s.input) - len(done), 0)
+    started = time.perf_counter()
+    sink: Any = _LazyFile(out) if out else stdout or sys.stdout  # a failed start writes nothing
+    try:
+        closed = write_rows(requests, run_backend, sink, resolved.scale, s.completion, counts,
+                            total, s.readout)
+    finally:
+        if out:
+            sink.close()
+    if closed:  # the reader went away (`| head`): stop quietly
+        if sink is sys.__stdout__:  # and keep Python's exit quiet too (its flush would fail)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
+        log.info(f"predict: the output pipe closed after {counts.rows} rows; stopping")
+        return counts
+    log.info(summary(counts, time.perf_counter() - started, s.out))
+    if counts.rows and counts.errors == counts.rows:  # every request failed: a server outage
+        raise ReconeError(f"predict: all {counts.rows} requests failed (first: "
+                          f"{counts.first_error}){_take_back(out, start_size)}")
+    return counts
+
+
+def _take_back(out: Path | None, start_size: int | None) -> str:
+    """Take this run's rows back out of `out` (a rerun starts clean); what the error adds."""
+    if out is None:
+        return ""
+    if start_size is None:
+        out.unlink(missing_ok=True)
+    else:
+        os.truncate(out, start_size)
+    return f"; nothing added to {out}"
+
+
+def _check_backend(s: PredictSettings) -> None:
+    """The options a backend needs or refuses."""
+    if s.backend not in DEFAULT_BATCH:
+        raise InputError(f"unknown backend {s.backend!r}; choose hf, openai or vllm",
+                         field="backend")
+    if s.backend == "openai" and not s.base_url:
         raise InputError("--backend openai needs --base-url URL", field="base_url")
-    if backend == "openai" and gguf_file:
+    if s.backend == "openai" and s.gguf_file:
         raise InputError(
             "with --backend openai, --model names the served model or adapter", field="gguf_file"
         )
-    if backend == "openai" and adapter and not model:
+    if s.backend == "openai" and s.adapter and not s.model:
         raise InputError("with --backend openai, --model names the served model or adapter "
                          "(--adapter RUN only gives the run's settings)", field="model")
+
+
+def _check_counts_and_files(s: PredictSettings) -> None:
+    """The numbers, the input and `--out`."""
+    if s.samples < 1 or s.max_new_tokens < 1 or (s.batch_size is not None and s.batch_size < 1):
+        raise InputError("--samples, --max-new-tokens and --batch-size must be at least 1")
+    if s.samples > 1 and s.temperature <= 0:
+        raise InputError(
+            f"--samples {s.samples} needs --temperature > 0 (greedy decoding repeats itself)",
+            field="samples",
+        )
+    if s.input != "-" and not Path(s.input).is_file():
+        raise no_file(path=s.input)
+    if s.resume and s.out is None:
+        raise InputError("--resume needs --out FILE", field="resume")
+    if s.out is not None:
+        check_out(Path(s.out), s.resume)
+        if s.input != "-" and Path(s.out).resolve() == Path(s.input).resolve():
+            raise InputError("is the input file; choose another --out", path=s.out,
+                             field="--out")
+
+
+def resolve(given: PredictSettings) -> Resolved:
+    """Each setting from its first layer that has it: the option, the `--adapter` run folder,
+    the exported `--model`'s recone.json, the default; each checked, and stderr told which
+    came from where. InputError for a bad value or file, before any model loads."""
+    _check_backend(given)
     # A `train` / `sft` run folder (or an adapter-only export) records the base and settings.
-    run = run_defaults(adapter) if adapter is not None else RunDefaults()
+    run = run_defaults(given.adapter) if given.adapter is not None else RunDefaults()
     taken: list[str] = []  # "setting value (where from)", for the lines on stderr
+    s = dataclasses.replace(given)
     max_seq_length = None
-    if model is None:
+    if s.model is None:
         if run.model is None:
             raise InputError(
                 "--model is required (or --adapter RUN: a run folder records its base model)",
                 field="model")
-        model, max_seq_length = run.model, run.max_seq_length
-        gguf_file = gguf_file or run.gguf_file
-        taken.append(f"model {model} ({run.source('model')})")
+        s.model, max_seq_length = run.model, run.max_seq_length
+        s.gguf_file = s.gguf_file or run.gguf_file
+        taken.append(f"model {s.model} ({run.source('model')})")
     # An export (merged folder, GGUF, or adapter-only folder) records its run's settings.
-    exported = export_defaults(model, gguf_file)
+    exported = export_defaults(s.model, s.gguf_file)
     from_export: list[str] = []
 
-    def recorded(name: str, given: Any, default: Any) -> Any:
+    def recorded(name: str, default: Any) -> Any:
         """The option when given, else the run's setting, else the export's, else `default`."""
-        if given is not None:
-            return given
+        if getattr(s, name) is not None:
+            return getattr(s, name)
         for found, said in ((run, taken), (exported, from_export)):
             value = getattr(found, name)
             if value is not None:
@@ -376,28 +455,45 @@ def predict(
         return default
 
     trained = run.template or exported.template
-    template = recorded("template", template, "reczero")
-    if trained not in (None, template):
-        log.warn(f"{adapter if run.template else model} was trained with the "
-                 f"{trained} template; predicting with {template}")
-    if template not in TEMPLATES:
+    s.template = recorded("template", "reczero")
+    if trained not in (None, s.template):
+        log.warn(f"{s.adapter if run.template else s.model} was trained with the "
+                 f"{trained} template; predicting with {s.template}")
+    if s.template not in TEMPLATES:
         raise InputError(
-            f"unknown template {template!r}; choose {', '.join(TEMPLATES)}", field="template"
+            f"unknown template {s.template!r}; choose {', '.join(TEMPLATES)}", field="template"
         )
-    max_prompt_tokens = recorded("max_prompt_tokens", max_prompt_tokens, None)
-    max_new_tokens = recorded("max_new_tokens", max_new_tokens, DEFAULT_MAX_NEW_TOKENS)
-    readout = recorded("readout", readout, "text")
-    if readout not in READOUTS:
-        raise InputError(f"unknown readout {readout!r}; choose text or expected", field="readout")
-    if backend != "openai":
-        quantization = recorded("quantization", quantization, "none")
-    given = {k: v for k, v in (prompt or {}).items() if v is not None}
-    style_from = run if run.prompt else exported
+    s.max_prompt_tokens = recorded("max_prompt_tokens", None)
+    s.max_new_tokens = recorded("max_new_tokens", DEFAULT_MAX_NEW_TOKENS)
+    s.readout = recorded("readout", "text")
+    if s.readout not in READOUTS:
+        raise InputError(f"unknown readout {s.readout!r}; choose text or expected",
+                         field="readout")
+    if s.backend != "openai":
+        s.quantization = recorded("quantization", "none")
+    style = _style(s, run if run.prompt else exported, taken if run.prompt else from_export)
+    _check_counts_and_files(s)
+    rating_scale, scale_from = _scale(s.scale, s.input, run, exported)
+    if s.readout == "expected":
+        scale_values(rating_scale)  # a scale the readout cannot read fails before the model loads
+    if scale_from in ("run", "model"):
+        found, said = (run, taken) if scale_from == "run" else (exported, from_export)
+        said.append(f"scale {rating_scale[0]:g},{rating_scale[1]:g} ({found.source('scale')})")
+    if taken:
+        log.info(f"predict: from the run {s.adapter}: {', '.join(taken)}")
+    if from_export:
+        log.info(f"predict: from the export {s.model}: {', '.join(from_export)}")
+    return Resolved(s, style, rating_scale, max_seq_length, run, exported)
+
+
+def _style(s: PredictSettings, style_from: RunDefaults, said: list[str]) -> PromptStyle:
+    """The prompt style: the options given, the rest from the run or the export (`style_from`,
+    which `said` records); InputError for an unknown system prompt or cf prediction."""
+    given = s.prompt()
     from_run = {k: v for k, v in style_from.prompt.items() if k not in given}
     if from_run:
-        (taken if style_from is run else from_export).append(
-            ", ".join(f"{k} {v}" for k, v in from_run.items())
-            + f" ({style_from.source('prompt')})")
+        said.append(", ".join(f"{k} {v}" for k, v in from_run.items())
+                    + f" ({style_from.source('prompt')})")
     style = PromptStyle(**{**from_run, **given})
     if style.system not in ("full", "compact"):
         raise InputError(f"unknown system prompt {style.system!r}; choose full or compact",
@@ -405,142 +501,45 @@ def predict(
     if unknown := [name for name in style.cf if name not in CF_LABELS]:
         raise InputError(f"unknown cf prediction {unknown[0]!r}; choose from "
                          f"{', '.join(CF_LABELS)}", field="cf")
-    if samples < 1 or max_new_tokens < 1 or (batch_size is not None and batch_size < 1):
-        raise InputError("--samples, --max-new-tokens and --batch-size must be at least 1")
-    if samples > 1 and temperature <= 0:
-        raise InputError(
-            f"--samples {samples} needs --temperature > 0 (greedy decoding repeats itself)",
-            field="samples",
-        )
-    if input != "-" and not Path(input).is_file():
-        raise no_file(path=input)
-    if resume and out is None:
-        raise InputError("--resume needs --out FILE", field="resume")
-    if out is not None:
-        check_out(Path(out), resume)
-        if input != "-" and Path(out).resolve() == Path(input).resolve():
-            raise InputError("is the input file; choose another --out", path=out, field="--out")
-    rating_scale, scale_from = _scale(scale, input, run, exported)
-    if readout == "expected":
-        scale_values(rating_scale)  # a scale the readout cannot read fails before the model loads
-    if scale_from in ("run", "model"):
-        found, said = (run, taken) if scale_from == "run" else (exported, from_export)
-        said.append(f"scale {rating_scale[0]:g},{rating_scale[1]:g} ({found.source('scale')})")
-    if taken:
-        log.info(f"predict: from the run {adapter}: {', '.join(taken)}")
-    if from_export:
-        log.info(f"predict: from the export {model}: {', '.join(from_export)}")
-    spec = (
-        None
-        if backend == "openai"
-        else _spec(model, gguf_file, adapter, dtype, quantization, trust_remote_code,
-                   max_seq_length)
-    )
-    if spec is not None:
-        check_spec(spec)  # missing files, a folder without a tokenizer: before the slow load
-    start_size = Path(out).stat().st_size if out is not None and Path(out).exists() else None
-    done = done_ids(Path(out)) if start_size else set()
-    if done and input != "-":
-        check_resumable(Path(out), done, input)
+    return style
 
-    # The first request is read (and checked) before the model loads, too.
-    counts = Counts()
-    requests: Iterator[dict[str, Any]] = read_requests(
-        input,
-        stdin if stdin is not None else getattr(sys.stdin, "buffer", sys.stdin)
-        if input == "-" else None,
-        skip_bad=skip_bad,
-        done=done,
-        counts=counts,
-    )
-    first = next(requests, None)
-    requests = itertools.chain([first], requests) if first is not None else iter(())
 
-    # 2. The backend (this loads the model; nothing to predict: nothing loaded).
-    batch = batch_size or DEFAULT_BATCH[backend]
+def load_backend(resolved: Resolved, spec: ModelSpec | None) -> Backend:
+    """The backend the settings name, ready to map requests to samples (hf: the model loaded)."""
+    s = resolved.settings
     generation: dict[str, Any] = {
-        "template": template,
-        "scale": rating_scale,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-        "samples": samples,
+        "template": s.template, "scale": resolved.scale, "max_new_tokens": s.max_new_tokens,
+        "temperature": s.temperature, "samples": s.samples, "style": resolved.style,
+        "readout": s.readout,
     }
-    if first is None:
-        run_backend: Backend = lambda reqs: iter(())  # noqa: E731
-    elif backend == "openai":
-        found = served_tokenizer(model, run, exported)
-        tokenizer = found[0] if found else None
-        budget = None
+    if s.backend == "openai":
+        found = served_tokenizer(s.model, resolved.run, resolved.exported)
+        max_prompt_tokens = None
         if found is not None:
-            limit = max_seq_length or ModelSpec(name=model).max_seq_length
-            budget = max_prompt_tokens or max(limit - max_new_tokens, 1)
-            log.info(f"predict: prompts fitted to {budget} tokens with the tokenizer of "
-                     f"{found[1]}, as local prediction fits them")
+            limit = resolved.max_seq_length or ModelSpec(name=s.model).max_seq_length
+            max_prompt_tokens = s.max_prompt_tokens or max(limit - s.max_new_tokens, 1)
+            log.info(f"predict: prompts fitted to {max_prompt_tokens} tokens with the tokenizer "
+                     f"of {found[1]}, as local prediction fits them")
         else:
-            log.info(f"predict: no tokenizer for {model} at hand (--adapter RUN gives its base's; "
-                     "a model served under its local path gives its own): the messages go whole, "
-                     "without the prompt budget")
-        run_backend = openai_backend(
-            base_url=base_url,
-            model=model,
-            concurrency=concurrency,
-            api_key_env=api_key_env,
-            seed=seed,
-            style=style,
-            readout=readout,
-            tokenizer=tokenizer,
-            max_prompt_tokens=budget,
-            **generation,
-        )
-    else:
-        budget = max_prompt_tokens or max(spec.max_seq_length - max_new_tokens, 1)
-        if backend == "vllm":
-            run_backend = vllm_backend(
-                spec, max_prompt_tokens=budget, batch_size=batch, seed=seed, style=style,
-                readout=readout, **generation
-            )
-        else:
-            hf_model, tokenizer = load_model(spec)  # first: on CUDA it imports Unsloth first
-            if seed is not None:
-                import transformers
+            log.info(f"predict: no tokenizer for {s.model} at hand (--adapter RUN gives its "
+                     "base's; a model served under its local path gives its own): the messages "
+                     "go whole, without the prompt budget")
+        return openai_backend(
+            base_url=s.base_url, model=s.model, concurrency=s.concurrency,
+            api_key_env=s.api_key_env, seed=s.seed, tokenizer=found[0] if found else None,
+            max_prompt_tokens=max_prompt_tokens, **generation)
+    max_prompt_tokens = s.max_prompt_tokens or max(spec.max_seq_length - s.max_new_tokens, 1)
+    batch = s.batch_size or DEFAULT_BATCH[s.backend]
+    if s.backend == "vllm":
+        return vllm_backend(spec, max_prompt_tokens=max_prompt_tokens, batch_size=batch,
+                            seed=s.seed, **generation)
+    hf_model, tokenizer = load_model(spec)  # first: on CUDA it imports Unsloth first
+    if s.seed is not None:
+        import transformers
 
-                transformers.set_seed(seed)
-            run_backend = hf_backend(
-                hf_model, tokenizer, max_prompt_tokens=budget, batch_size=batch, style=style,
-                readout=readout, **generation
-            )
-
-    # 3. Stream: requests -> backend -> one line each, flushed as it comes.
-    total = None if input == "-" else max(_count_lines(input) - len(done), 0)
-    started = time.perf_counter()
-    if out:
-        sink: Any = _LazyFile(Path(out))  # opened at the first row: a failed start writes nothing
-        try:
-            closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts,
-                                total, readout)
-        finally:
-            sink.close()
-    else:
-        sink = stdout or sys.stdout
-        closed = write_rows(requests, run_backend, sink, rating_scale, completion, counts, total,
-                            readout)
-    if closed:  # the reader went away (`| head`): stop quietly
-        if sink is sys.__stdout__:  # and keep Python's exit quiet too (its flush would fail)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.__stdout__.fileno())
-        log.info(f"predict: the output pipe closed after {counts.rows} rows; stopping")
-        return counts
-    log.info(summary(counts, time.perf_counter() - started, out))
-    if counts.rows and counts.errors == counts.rows:  # every request failed: a server outage
-        kept = ""
-        if out is not None:  # take this run's rows back out: a rerun starts clean
-            if start_size is None:
-                Path(out).unlink(missing_ok=True)
-            else:
-                os.truncate(out, start_size)
-            kept = f"; nothing added to {out}"
-        raise ReconeError(f"predict: all {counts.rows} requests failed (first: "
-                          f"{counts.first_error}){kept}")
-    return counts
+        transformers.set_seed(s.seed)
+    return hf_backend(hf_model, tokenizer, max_prompt_tokens=max_prompt_tokens,
+                      batch_size=batch, **generation)
 
 
 class _LazyFile:
@@ -650,26 +649,18 @@ def served_tokenizer(model: str, run: RunDefaults,
     return None
 
 
-def _spec(
-    model: str,
-    gguf_file: str | None,
-    adapter: str | None,
-    dtype: str,
-    quantization: str,
-    trust_remote_code: bool,
-    max_seq_length: int | None = None,
-) -> ModelSpec:
-    """A ModelSpec from the command's options; a bad value is an InputError naming the option."""
+def _spec(s: PredictSettings, max_seq_length: int | None = None) -> ModelSpec:
+    """A ModelSpec from the resolved settings; a bad value is an InputError naming the option."""
     from pydantic import ValidationError
 
     try:
         return ModelSpec(
-            name=model,
-            gguf_file=gguf_file,
-            adapter=adapter,
-            dtype=dtype,
-            quantization=quantization,
-            trust_remote_code=trust_remote_code,
+            name=s.model,
+            gguf_file=s.gguf_file,
+            adapter=s.adapter,
+            dtype=s.dtype,
+            quantization=s.quantization,
+            trust_remote_code=s.trust_remote_code,
             **({"max_seq_length": max_seq_length} if max_seq_length else {}),
         )
     except ValidationError as err:
@@ -693,25 +684,6 @@ def _scale(
     if exported is not None and exported.scale is not None:
         return exported.scale, "model"
     return (1.0, 5.0), "default"
-
-
-def recipe_options(recipe: Any) -> dict[str, Any]:
-    """`predict`'s keyword arguments for a loaded recipe's model, prompt and dev evaluation
-    (`evaluation.batch_size`, `evaluation.max_new_tokens`): what a bench passes so that it
-    predicts as the recipe's own dev evaluation does. `run_settings.run_defaults` reads the same
-    from a run.
-
-    >>> from recone_lite.config import load_recipe
-    >>> options = recipe_options(load_recipe("cpu-quality"))
-    >>> options["model"], options["max_new_tokens"], options["prompt"]["item_history"]
-    ('smollm2-135m-gguf', 128, 5)
-    """
-    section = recipe.data
-    return {"model": recipe.model.name, "gguf_file": recipe.model.gguf_file,
-            "template": section.template, "max_prompt_tokens": section.max_prompt_tokens,
-            "batch_size": recipe.evaluation.batch_size,
-            "max_new_tokens": recipe.evaluation.max_new_tokens,
-            "prompt": {key: getattr(section, key) for key in PROMPT_KEYS}}
 
 
 def summary(counts: Counts, wall: float, out: str | None = None) -> str:
