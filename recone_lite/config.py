@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from recone_lite.errors import InputError
+from recone_lite.errors import InputError, first_line, validation_problem
 from recone_lite.models import ModelSpec
 
 
@@ -368,9 +368,8 @@ def check_integrations(section: str, report_to: Any, path: str | Path | None = N
             raise InputError(f"{name} needs the {package} package, which is not installed "
                              f"({how}; or set {field}=none)", path=path, field=field) from None
         except Exception as err:  # installed but broken (a version clash)
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise InputError(f"{name}: importing {module} failed ({first}); reinstall with "
-                             f"{how}, or set {field}=none", path=path, field=field) from None
+            raise InputError(f"{name}: importing {module} failed ({first_line(err)}); reinstall "
+                             f"with {how}, or set {field}=none", path=path, field=field) from None
 
 
 def _suggest(key: str, section: str) -> str:
@@ -506,11 +505,8 @@ def load_recipe(name_or_path: str, overrides: list[str] | None = None) -> Recipe
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        first = err.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
-        message = message.removeprefix("Value error, ")
-        more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+        key, message, count = validation_problem(err)
+        more = f" (+{count - 1} more)" if count > 1 else ""
         named = key or message.split(":", 1)[0].split("[", 1)[0]  # a model validator names it
         given = _override_of(named, overrides or [])
         if given is not None:  # the command line set it, not the recipe file

@@ -25,7 +25,7 @@ from recone_lite.data.prepare import Options, prepare
 from recone_lite.errors import InputError
 from recone_lite.evaluate import evaluate, print_report
 from recone_lite.predict import predict, recipe_options
-from recone_lite.prepared import read_scale
+from recone_lite.prepared import is_prepared, read_scale
 from recone_lite.report import HINT, write_report
 from recone_lite.run_folder import RunFolder
 from recone_lite.runs import LOG_JSONL
@@ -51,7 +51,7 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
     if data.exists() and not data.is_dir():
         raise InputError("is a file; --data takes the prepared data folder", path=data,
                          field="--data")
-    if not (data / "manifest.json").is_file():
+    if not is_prepared(data):
         log.info(f"demo 1/4: preparing MovieLens-100k (recbole package) into {data}")
         prepare("recbole-ml-100k", None, None, data, Options(cf="auto"), overwrite=False)
     else:

@@ -14,7 +14,7 @@ from recone_lite.generate import hf_backend
 from recone_lite.gpu import is_unsloth
 from recone_lite.metrics import summarize
 from recone_lite.prompts import PromptStyle
-from recone_lite.readout import expected_value, scale_values
+from recone_lite.readout import scale_values
 from recone_lite.rewards import format_ok, parse_rating
 from recone_lite.training import Data
 
@@ -73,8 +73,7 @@ def evaluate(
     predictions = texts
     if readout == "expected":
         values = scale_values(data.scale)
-        predictions = [None if t is None else expected_value(values, s.probs)
-                       for t, s in zip(texts, samples, strict=True)]
+        predictions = [s.expected(values, t) for t, s in zip(texts, samples, strict=True)]
     report = summarize(predictions, truths, data.scale, data.fallback)
     formatted = sum(format_ok(s.text, template, data.scale) for s in samples)
     clipped = sum(s.tokens >= recipe.evaluation.max_new_tokens for s in samples)

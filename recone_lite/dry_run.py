@@ -15,6 +15,7 @@ from recone_lite.gpu import (
     cuda_available,
     cuda_capability,
     describe_precision,
+    total_memory_gib,
     world_size_from_env,
 )
 from recone_lite.models import check_spec
@@ -30,9 +31,7 @@ def plan_memory(recipe: Recipe) -> dict[str, Any]:
     `rtx4090` profile's speeds with this card's memory, at the launcher's world size."""
     if not cuda_available():
         return plan_recipe(recipe, device_name="cpu")
-    import torch
-
-    memory = torch.cuda.get_device_properties(0).total_memory / 1024**3
+    memory = total_memory_gib()
     return plan_recipe(recipe, device_name="rtx4090", memory_gib=memory,
                        gpus=max(world_size_from_env(), 1))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 class ReconeError(Exception):
@@ -48,6 +49,33 @@ def first_line(err: BaseException) -> str:
     """
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
+
+
+def validation_problem(err: Any) -> tuple[str, str, int]:
+    """`(key, message, count)` of a pydantic ValidationError's first problem, the one way every
+    command turns one into an InputError: the dotted key it is at ('' for a model's own
+    validator), its message as a person reads it ("unknown key" for a key the model does not
+    have, pydantic's "Value error, " prefix dropped) and how many problems there are.
+
+    >>> from pydantic import BaseModel, ConfigDict, ValidationError
+    >>> class Spec(BaseModel):
+    ...     model_config = ConfigDict(extra="forbid")
+    ...     size: int
+    >>> try:
+    ...     Spec.model_validate({"size": "big", "colour": 1})
+    ... except ValidationError as err:
+    ...     validation_problem(err)
+    ('size', 'Input should be a valid integer, unable to parse string as an integer', 2)
+    >>> try:
+    ...     Spec.model_validate({"size": 1, "colour": 1})
+    ... except ValidationError as err:
+    ...     validation_problem(err)
+    ('colour', 'unknown key', 1)
+    """
+    first = err.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    message = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return key, message.removeprefix("Value error, "), err.error_count()
 
 
 def no_file(path: str | Path, **where: object) -> InputError:

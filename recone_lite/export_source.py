@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite import log
-from recone_lite.errors import InputError, first_line, remote_code_hint
+from recone_lite.errors import InputError, first_line, remote_code_hint, validation_problem
+from recone_lite.gpu import cuda_available, free_memory_bytes
 from recone_lite.models import ModelSpec, adapter_mismatch, load_model
 from recone_lite.prepared import is_prepared, parse_scale, read_scale
 from recone_lite.prompts import TEMPLATES
@@ -89,7 +90,7 @@ def resolve_source(
         spec = ModelSpec(name=str(name), trust_remote_code=trust_remote_code,
                          **{k: section[k] for k in keep if k in section})
     except ValidationError as err:
-        raise InputError(err.errors()[0]["msg"], field="base") from None
+        raise InputError(validation_problem(err)[1], field="base") from None
     template = template or data_section.get("template")
     if template is not None and template not in TEMPLATES:
         raise InputError(f"unknown template {template!r}; choose {', '.join(TEMPLATES)}",
@@ -192,12 +193,10 @@ def work_dtype(dtype: str, spec: ModelSpec, params: int | None = None) -> str:
     """The dtype to merge and compare in: fp32 on the CPU (as models.load_model loads) and on a
     GPU with room for the model in fp32, so each weight is rounded once, when saved, and the
     comparison sees only that rounding; else the saved dtype (a 7B in fp32 needs ~28 GB)."""
-    import torch
-
-    if dtype == "float32" or not torch.cuda.is_available():
+    if dtype == "float32" or not cuda_available():
         return "float32"
     params = params if params is not None else params_estimate(spec)
-    free = torch.cuda.mem_get_info()[0]
+    free = free_memory_bytes()
     return "float32" if params is not None and params * 4 * 1.3 < free else dtype
 
 

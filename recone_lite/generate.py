@@ -40,6 +40,19 @@ class Sample(NamedTuple):
     probs: list[float] | None = None
     forced: bool = False
 
+    def expected(self, values: list[float], text_rating: float | None) -> float | None:
+        """The expected readout of this sample (the mean of its distribution over the scale's
+        `values`), where its text parsed (`text_rating`): a forced sample gives no rating, and
+        neither does one without a distribution. `predict` and the dev evaluation read it so.
+
+        >>> sample = Sample("<rate>4</rate>", 5, probs=[0.0, 0.0, 0.2, 0.6, 0.2])
+        >>> sample.expected([1, 2, 3, 4, 5], 4.0), sample.expected([1, 2, 3, 4, 5], None)
+        (4.0, None)
+        """
+        if text_rating is None or self.probs is None:
+            return None
+        return readouts.expected_value(values, self.probs)
+
 
 # A backend turns a stream of requests into a stream of sample lists (k per request), in order.
 Backend = Callable[[Iterable[dict[str, Any]]], Iterator[list[Sample]]]

@@ -53,6 +53,61 @@ def cuda_capability() -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability())  # type: ignore[return-value]
 
 
+def device_name() -> tuple[str, int]:
+    """`(description, GPUs used)` of where this process computes (run.json's `device`)."""
+    import torch
+
+    if cuda_available():
+        count = torch.cuda.device_count()
+        return f"cuda: {torch.cuda.get_device_name(0)} x{count}", count
+    return f"cpu ({torch.get_num_threads()} threads)", 0
+
+
+def total_memory_gib() -> float:
+    """The first CUDA device's memory, GiB (call only when `cuda_available()`)."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory / 1024**3
+
+
+def free_memory_bytes() -> int:
+    """Free memory on the current CUDA device, bytes (call only when `cuda_available()`)."""
+    import torch
+
+    return int(torch.cuda.mem_get_info()[0])
+
+
+def peak_memory_gib() -> float | None:
+    """Peak memory torch allocated on the GPU in this process, GiB (None on CPU)."""
+    if not cuda_available():
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 1024**3, 2)
+
+
+def empty_cache() -> None:
+    """Give the memory torch caches on the GPU back to the device (nothing on CPU)."""
+    if cuda_available():
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether an error is the GPU running out of memory (torch's OutOfMemoryError, or a
+    RuntimeError that says so, as some kernels raise).
+
+    >>> is_out_of_memory(RuntimeError("CUDA error: out of memory")), is_out_of_memory(
+    ...     RuntimeError("shape mismatch"))
+    (True, False)
+    """
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
 def is_unsloth(model: Any) -> bool:
     """Whether Unsloth loaded this model (it records its version in the config)."""
     config = getattr(getattr(model, "get_base_model", lambda: model)(), "config", None)

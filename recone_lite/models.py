@@ -26,6 +26,7 @@ from recone_lite.fixtures import smollm2_gguf
 from recone_lite.gpu import (
     adapter_autocast,
     check_zero_quantization,
+    cuda_available,
     cuda_capability,
     describe_precision,
     device_map,
@@ -76,13 +77,6 @@ class ModelSpec(BaseModel):
             path = Path(self.name)
             return str(path.parent), path.name
         return self.name, self.gguf_file
-
-
-def device() -> str:
-    """'cuda' when a CUDA GPU is usable, else 'cpu'."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def smollm2_spec(**fields: Any) -> ModelSpec | None:
@@ -179,9 +173,8 @@ def load_model(
     weights for adapters of that rank, taking `vllm_memory` of the GPU (gpu.unsloth_kwargs).
     """
     check_spec(spec)
-    import torch  # torch before unsloth is fine; transformers, peft and trl are not
-
-    on_cuda = torch.cuda.is_available()
+    on_cuda = cuda_available()  # imports torch: before unsloth is fine (transformers, peft, trl
+    # are not)
     dtype = _dtype(spec, on_cuda)
     model = tokenizer = None
     used = "transformers"

@@ -15,6 +15,7 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import ReconeError
+from recone_lite.gpu import is_out_of_memory, peak_memory_gib
 from recone_lite.jsonl import write_jsonl
 from recone_lite.runs import RunRecord, is_main_process, write_log_history
 from recone_lite.training import prompts_per_step
@@ -300,7 +301,7 @@ def run_trainer(
     step_times = _series(monitor.history, "step_time")
     result = record.finish(
         mean_step_time_s=round(statistics.fmean(step_times), 2) if step_times else None,
-        peak_gpu_memory_gib=peak_gpu_memory(),
+        peak_gpu_memory_gib=peak_memory_gib(),
         global_step=state.global_step,
         max_steps=state.max_steps,
         train_samples_seen=state.global_step * prompts_per_step(trainer.args),
@@ -311,15 +312,6 @@ def run_trainer(
     )
     log.info(f"done: {out} (adapter, recipe.yaml, run.json); dev {metrics_line(final)}")
     return result
-
-
-def peak_gpu_memory() -> float | None:
-    """Peak memory torch allocated on the GPU in this process, GiB (None on CPU)."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return round(torch.cuda.max_memory_allocated() / 1024**3, 2)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -339,13 +331,9 @@ def oom_message(section: str) -> str:
 @contextlib.contextmanager
 def explain_oom(section: str) -> Iterator[None]:
     """Turn CUDA's out-of-memory error into a one-line message naming the recipe knobs."""
-    import torch
-
     try:
         yield
-    except torch.cuda.OutOfMemoryError:
-        raise ReconeError(oom_message(section)) from None
-    except RuntimeError as err:
-        if "out of memory" in str(err).lower():
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
+        if is_out_of_memory(err):
             raise ReconeError(oom_message(section)) from None
         raise

@@ -44,6 +44,7 @@ from recone_lite.gpu import (
     precision_for,
     vllm_settings,
 )
+from recone_lite.prepared import manifest_path
 
 GIB = 1024**3
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -735,7 +736,7 @@ def print_plan(plan: dict[str, Any]) -> None:
 
 def train_examples(recipe: Any) -> int | None:
     """Train examples the run will use, from the prepared folder's manifest when it is there."""
-    path = Path(recipe.data.dir) / "manifest.json"
+    path = manifest_path(recipe.data.dir)
     try:
         counts = json.loads(path.read_text(encoding="utf-8")).get("counts", {})
     except (OSError, json.JSONDecodeError):

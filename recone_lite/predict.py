@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from recone_lite import log
-from recone_lite.errors import InputError, ReconeError, no_file
+from recone_lite.errors import InputError, ReconeError, no_file, validation_problem
 from recone_lite.generate import (
     Backend,
     Sample,
@@ -51,7 +51,7 @@ from recone_lite.generate import (
 from recone_lite.jsonl import dumps, read_jsonl
 from recone_lite.models import ModelSpec, check_spec, load_model
 from recone_lite.predict_settings import PredictSettings, recipe_options  # noqa: F401 (benches)
-from recone_lite.prepared import is_number, parse_scale, read_scale
+from recone_lite.prepared import is_number, is_prepared, parse_scale, read_scale
 from recone_lite.prompts import CF_LABELS, TEMPLATES, PromptStyle, load_tokenizer
 from recone_lite.readout import READOUTS, expected_value, scale_values
 from recone_lite.rewards import parse_rating
@@ -257,8 +257,8 @@ def result_row(
     expected = readout == "expected" or any(s.probs is not None for s in samples)
     if expected:
         values = scale_values(scale)
-        means = [None if s.probs is None else expected_value(values, s.probs) for s in samples]
-        kept = [m for m, r in zip(means, ratings, strict=True) if r is not None and m is not None]
+        kept = [m for s, r in zip(samples, ratings, strict=True)
+                if (m := s.expected(values, r)) is not None]
     row: dict[str, Any] = {
         "id": request["id"],
         "rating": (round(statistics.fmean(kept), 4) if kept else None) if expected else
@@ -664,9 +664,8 @@ def _spec(s: PredictSettings, max_seq_length: int | None = None) -> ModelSpec:
             **({"max_seq_length": max_seq_length} if max_seq_length else {}),
         )
     except ValidationError as err:
-        first = err.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise InputError(first["msg"], field=field) from None
+        key, message, _ = validation_problem(err)
+        raise InputError(message, field=key) from None
 
 
 def _scale(
@@ -677,7 +676,7 @@ def _scale(
     input, else the adapter run's data, else the exported model's recone.json, else 1-5."""
     if scale is not None:
         return parse_scale(scale), "option"
-    if input != "-" and (Path(input).parent / "manifest.json").is_file():
+    if input != "-" and is_prepared(Path(input).parent):
         return read_scale(Path(input).parent), "input"
     if run is not None and run.scale is not None:
         return run.scale, "run"

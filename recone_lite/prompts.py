@@ -23,7 +23,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from recone_lite.errors import InputError, remote_code_hint
+from recone_lite.errors import InputError, first_line, remote_code_hint
 
 TEMPLATE_BLOCKS: dict[str, tuple[str, ...]] = {
     "reczero": ("analyze user", "analyze item", "match", "rate"),
@@ -457,8 +457,7 @@ def load_tokenizer(path: str | Path, gguf_file: str | None = None,
     try:
         return AutoTokenizer.from_pretrained(str(path), **options)
     except (OSError, ValueError) as err:  # not a tokenizer folder; unknown hub id, or no network
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise InputError(f"cannot load a tokenizer ({first}){remote_code_hint(err)}",
+        raise InputError(f"cannot load a tokenizer ({first_line(err)}){remote_code_hint(err)}",
                          path=path) from None
 
 

@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from recone_lite.errors import InputError
+from recone_lite.gpu import device_name
 from recone_lite.jsonl import atomic_path, dumps, exit_on_sigterm, holds_cwd, writer_lock
 from recone_lite.log import info, warn
 from recone_lite.versions import stack_versions
@@ -395,16 +396,6 @@ def git_commit() -> dict[str, Any] | None:
 def write_log_history(out: Path, history: list[dict[str, Any]]) -> None:
     with atomic_path(out / LOG_JSONL) as tmp:
         tmp.write_text("".join(dumps(entry) + "\n" for entry in history), encoding="utf-8")
-
-
-def device_name() -> tuple[str, int]:
-    """`(description, GPUs used)` of where this process trains."""
-    import torch
-
-    if torch.cuda.is_available():
-        count = torch.cuda.device_count()
-        return f"cuda: {torch.cuda.get_device_name(0)} x{count}", count
-    return f"cpu ({torch.get_num_threads()} threads)", 0
 
 
 class RunRecord:

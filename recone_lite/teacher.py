@@ -26,7 +26,7 @@ from recone_lite import log
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.jsonl import check_target, dumps, write_jsonl
 from recone_lite.openai_client import redact, stream_chat_completions  # openai: when called
-from recone_lite.prepared import SPLITS, read_scale, read_split
+from recone_lite.prepared import MANIFEST, SPLITS, read_scale, read_split
 from recone_lite.prompts import build_messages
 from recone_lite.traces import (
     TEACHERS,
@@ -166,7 +166,7 @@ def make_traces(
     check_target(out, overwrite=True, flag="--out")  # files, never a folder: before any call
     check_target(dropped_path(out), overwrite=True, flag="--out")
     inputs = {(Path(data) / name).resolve() for name in
-              ("manifest.json", *(f"{s}.jsonl" for s in SPLITS))}
+              (MANIFEST, *(f"{s}.jsonl" for s in SPLITS))}
     for target in (out, dropped_path(out)):
         if target.resolve() in inputs:
             raise InputError("is a file of the prepared folder that --data names; choose "

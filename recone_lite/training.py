@@ -31,8 +31,9 @@ from recone_lite.config import (
     load_recipe,
     report_to_names,
     resolve_recipe_path,
+    trainer_defaults,
 )
-from recone_lite.errors import InputError, ReconeError
+from recone_lite.errors import InputError, ReconeError, first_line
 from recone_lite.gpu import (
     adapter_autocast,
     check_vllm_mode,
@@ -427,16 +428,7 @@ def trainer_config(section: str, values: dict[str, Any], out: Path, seed: int) -
     try:
         return cls(output_dir=str(out), **merged)
     except (ValueError, TypeError) as err:
-        raise InputError(str(err).strip().splitlines()[0], field=section) from None
-
-
-def trainer_defaults(section: str) -> dict[str, Any]:
-    """The defaults of TRL's GRPOConfig / SFTConfig fields."""
-    import trl
-
-    cls = trl.GRPOConfig if section == "grpo" else trl.SFTConfig
-    return {f.name: f.default for f in dataclasses.fields(cls)
-            if f.default is not dataclasses.MISSING}
+        raise InputError(first_line(err), field=section) from None
 
 
 def prompts_per_step(args: Any) -> int:

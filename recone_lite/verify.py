@@ -27,6 +27,7 @@ from recone_lite.export_source import (
     resolve_source,
     work_dtype,
 )
+from recone_lite.gpu import empty_cache
 from recone_lite.jsonl import read_jsonl
 from recone_lite.models import ModelSpec, load_model, read_recone_json
 from recone_lite.prompts import render_prompt
@@ -202,10 +203,7 @@ def compare(model: Any, tokenizer: Any, probes: list[Probe], dtype: str, compute
 def free_memory() -> None:
     """Give memory back after the caller dropped its last reference to a model."""
     gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    empty_cache()
 
 
 def check_merged(folder: Path, probes: list[Probe], dtype: str, compute: str,

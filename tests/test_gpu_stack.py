@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from recone_lite.config import load_recipe
+from recone_lite.config import load_recipe, trainer_defaults
 from recone_lite.errors import InputError
 from recone_lite.gpu import (
     TRL_VLLM_RANGE,
@@ -22,7 +22,7 @@ from recone_lite.gpu import (
     vllm_install_problem,
 )
 from recone_lite.plan import settings_from_recipe
-from recone_lite.training import trainer_defaults, vllm_memory
+from recone_lite.training import vllm_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -60,7 +60,11 @@ from recone_lite.data.sources import loader
 from recone_lite.errors import InputError
 from recone_lite.jsonl import atomic_path, check_replaceable, dumps, writer_lock
 from recone_lite.log import info, warn
-from recone_lite.prepared import SPLITS  # split codes 0..3; -1 = history only
+from recone_lite.prepared import (  # split codes 0..3; -1 = history only
+    MANIFEST,
+    SPLITS,
+    manifest_path,
+)
 
 TRAIN, DEV, TEST, COLD, NONE = 0, 1, 2, 3, -1
 BLOCK = 1 << 14  # rows per block of users while writing
@@ -588,7 +592,7 @@ def prepare(source: str, reviews: Path | None, meta: Path | None, out: Path,
     load = loader(source)
     out = Path(out)
     with writer_lock(out):
-        check_replaceable(out, overwrite=overwrite, marker="manifest.json",
+        check_replaceable(out, overwrite=overwrite, marker=MANIFEST,
                           what="prepared data folder")
         return _prepare(source, reviews, meta, out, options, load)
 
@@ -605,7 +609,7 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
     loaded = load(Path(reviews) if reviews else None, Path(meta) if meta else None, state)
     state.scale = options.rating_scale or loaded.scale
     clock = time.perf_counter()
-    with atomic_path(out, marker="manifest.json") as tmp_out:
+    with atomic_path(out, marker=MANIFEST) as tmp_out:
         spill_path = tmp_out.parent / "reviews.spill"
         table = _read(loaded, state, spill_path, options.review_chars)
         n = table["u"].size
@@ -691,7 +695,7 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
                 "examples": examples,
             },
         }
-        (tmp_out / "manifest.json").write_text(
+        manifest_path(tmp_out).write_text(
             json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         spill_path.unlink()
     info(f"wrote {out}: " + ", ".join(f"{k} {v:,}" for k, v in examples.items())

@@ -19,7 +19,7 @@ from recone_lite.errors import InputError
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console
 from recone_lite.metrics import percentile, percentiles
-from recone_lite.prepared import SPLITS, read_manifest, read_scale
+from recone_lite.prepared import SPLITS, is_prepared, read_manifest, read_scale
 from recone_lite.prompts import load_tokenizer, render_prompt
 
 PERCENTILES = (0, 10, 50, 90, 100)
@@ -67,7 +67,7 @@ def split_stats(path: Path, users: set[str], items: set[str]) -> dict[str, Any]:
 def stats(folder: str | Path) -> dict[str, Any]:
     """The summary of a prepared folder, as a JSON-ready dict."""
     folder = Path(folder)
-    if not (folder / "manifest.json").is_file():
+    if not is_prepared(folder):
         raise InputError("not a prepared folder (no manifest.json); run `recone-lite data "
                          "prepare` first", path=folder)
     manifest = read_manifest(folder)
