@@ -83,6 +83,33 @@ def read_jsonl(
         yield number, obj
 
 
+def read_json_object(path: Path, fix: str = "") -> dict[str, Any]:
+    """A JSON file that holds one object (a manifest, a run.json); one InputError naming the
+    file when it is not UTF-8, not JSON (`fix` says how to mend it) or not an object.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "run.json"
+    >>> _ = path.write_text('{"status": "running"}')
+    >>> read_json_object(path)
+    {'status': 'running'}
+    >>> _ = path.write_text('[1]')
+    >>> read_json_object(path)
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: ...run.json:1: expected a JSON object
+    """
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start + 1})",
+                         path=path) from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"malformed JSON ({err.msg}){fix}", path=path, line=err.lineno) from None
+    if not isinstance(value, dict):
+        raise InputError("expected a JSON object", path=path, line=1)
+    return value
+
+
 def dumps(obj: Any) -> str:
     """One compact, deterministic JSON line (keys in insertion order, UTF-8 kept)."""
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))

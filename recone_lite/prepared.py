@@ -6,14 +6,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from recone_lite.errors import InputError
-from recone_lite.jsonl import read_jsonl
+from recone_lite.jsonl import read_json_object, read_jsonl
 
 SPLITS = ("train", "dev", "test", "coldstart")  # data prepare's split codes 0..3
 MANIFEST = "manifest.json"
@@ -60,17 +59,7 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
         raise InputError(
             "no manifest.json: not a prepared directory (run `recone-lite data prepare`)", path=path
         )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start + 1})",
-                         path=path) from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"malformed JSON ({err.msg}); `data prepare --overwrite` writes it "
-                         "again", path=path, line=err.lineno) from None
-    if not isinstance(manifest, dict):
-        raise InputError("expected a JSON object", path=path, line=1)
-    return manifest
+    return read_json_object(path, "; `data prepare --overwrite` writes it again")
 
 
 def read_scale(data_dir: str | Path) -> tuple[float, float]:

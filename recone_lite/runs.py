@@ -41,7 +41,14 @@ import yaml
 
 from recone_lite.errors import InputError
 from recone_lite.gpu import device_name
-from recone_lite.jsonl import atomic_path, dumps, exit_on_sigterm, holds_cwd, writer_lock
+from recone_lite.jsonl import (
+    atomic_path,
+    dumps,
+    exit_on_sigterm,
+    holds_cwd,
+    read_json_object,
+    writer_lock,
+)
 from recone_lite.log import info, warn
 from recone_lite.versions import stack_versions
 
@@ -54,18 +61,7 @@ _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 def read_run_json(out: Path) -> dict[str, Any]:
     """The run's run.json ({} when there is none); a corrupt one raises InputError (one line)."""
     path = Path(out) / RUN_JSON
-    if not path.is_file():
-        return {}
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise InputError(f"not valid UTF-8 ({err.reason} at byte {err.start + 1})",
-                         path=path) from None
-    except json.JSONDecodeError as err:
-        raise InputError(f"malformed JSON ({err.msg})", path=path, line=err.lineno) from None
-    if not isinstance(record, dict):
-        raise InputError("expected a JSON object", path=path, line=1)
-    return record
+    return read_json_object(path) if path.is_file() else {}
 
 
 def is_run_dir(folder: Path) -> bool:
