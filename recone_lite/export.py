@@ -49,9 +49,9 @@ from recone_lite.export_source import (
     skeleton,
     work_dtype,
 )
+from recone_lite.files import atomic_path, check_target
 from recone_lite.gguf import GGUF_BYTES_PER_PARAM, convert_to_gguf, find_llama_cpp
 from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth
-from recone_lite.jsonl import atomic_path, check_target
 from recone_lite.models import RECONE_JSON
 from recone_lite.run_settings import SETTINGS, export_record, recone_json_path
 from recone_lite.runs import RECIPE_YAML

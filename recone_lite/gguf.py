@@ -16,7 +16,7 @@ from pathlib import Path
 
 from recone_lite import log
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.jsonl import atomic_path
+from recone_lite.files import atomic_path
 
 GGUF_OUTTYPES = ("f32", "f16", "bf16", "q8_0")  # convert_hf_to_gguf.py writes these itself
 

@@ -30,7 +30,8 @@ from typing import Any, NamedTuple
 from recone_lite.baselines import BASELINES, LABELS
 from recone_lite.errors import InputError, no_file
 from recone_lite.evaluate import print_report
-from recone_lite.jsonl import atomic_path, check_target, read_jsonl
+from recone_lite.files import atomic_path, check_target
+from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console, info
 from recone_lite.metrics import fmt_metric
 from recone_lite.run_folder import RunFolder

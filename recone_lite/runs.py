@@ -40,15 +40,9 @@ from typing import Any
 import yaml
 
 from recone_lite.errors import InputError
+from recone_lite.files import atomic_path, exit_on_sigterm, holds_cwd, writer_lock
 from recone_lite.gpu import device_name
-from recone_lite.jsonl import (
-    atomic_path,
-    dumps,
-    exit_on_sigterm,
-    holds_cwd,
-    read_json_object,
-    writer_lock,
-)
+from recone_lite.jsonl import dumps, read_json_object
 from recone_lite.log import info, warn
 from recone_lite.versions import stack_versions
 

@@ -24,7 +24,8 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.jsonl import check_target, dumps, write_jsonl
+from recone_lite.files import check_target
+from recone_lite.jsonl import dumps, write_jsonl
 from recone_lite.openai_client import redact, stream_chat_completions  # openai: when called
 from recone_lite.prepared import MANIFEST, SPLITS, read_scale, read_split
 from recone_lite.prompts import build_messages

@@ -19,7 +19,8 @@ from data_helpers import amazon_2023
 from training_helpers import main, write_prepared, write_recipe
 
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.jsonl import write_jsonl, writer_lock
+from recone_lite.files import writer_lock
+from recone_lite.jsonl import write_jsonl
 from recone_lite.runs import latest_checkpoint, open_run_dir, prepare_run_dir
 
 
@@ -355,7 +356,7 @@ def test_a_held_out_is_refused_with_one_line(
     ready = tmp_path / "ready"
     process = holder(f"""
         import pathlib, time
-        from recone_lite.jsonl import writer_lock
+        from recone_lite.files import writer_lock
         with writer_lock(pathlib.Path({str(out)!r})):
             pathlib.Path({str(ready)!r}).touch()
             time.sleep(120)
@@ -382,7 +383,7 @@ def test_temporary_folders_go_on_sigterm_and_after_a_kill(tmp_path: Path) -> Non
     final = tmp_path / "p.jsonl"
     code = f"""
         import pathlib, time
-        from recone_lite.jsonl import atomic_path
+        from recone_lite.files import atomic_path
         with atomic_path(pathlib.Path({str(final)!r})) as tmp:
             tmp.write_text("half")
             pathlib.Path({str(tmp_path / "ready")!r}).touch()

@@ -252,7 +252,7 @@ def test_bad_input(case: Case, world: Path, tmp_path: Path, capsys: pytest.Captu
 
 def test_a_folder_that_appears_at_the_final_name_is_not_replaced(tmp_path: Path) -> None:
     from recone_lite.errors import InputError
-    from recone_lite.jsonl import atomic_path
+    from recone_lite.files import atomic_path
 
     final = tmp_path / "p.jsonl"
     with pytest.raises(InputError, match="is a folder"), atomic_path(final) as tmp:
@@ -264,7 +264,7 @@ def test_a_folder_that_appears_at_the_final_name_is_not_replaced(tmp_path: Path)
 
 
 def test_what_a_killed_write_moved_aside_is_put_back(tmp_path: Path) -> None:
-    from recone_lite.jsonl import REPLACED, WRITER_LOCK, remove_stale
+    from recone_lite.files import REPLACED, WRITER_LOCK, remove_stale
 
     final = tmp_path / "prepared"
     dead = 2**22 + 12345  # above the usual pid_max: no such process

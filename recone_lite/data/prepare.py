@@ -58,7 +58,8 @@ from recone_lite.data.cf import add_cf, choose
 from recone_lite.data.records import MAX_SECONDS, MIN_SECONDS, Loaded, ReadState
 from recone_lite.data.sources import loader
 from recone_lite.errors import InputError
-from recone_lite.jsonl import atomic_path, check_replaceable, dumps, writer_lock
+from recone_lite.files import atomic_path, check_replaceable, writer_lock
+from recone_lite.jsonl import dumps
 from recone_lite.log import info, warn
 from recone_lite.prepared import (  # split codes 0..3; -1 = history only
     MANIFEST,
