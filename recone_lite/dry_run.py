@@ -23,7 +23,8 @@ from recone_lite.plan import plan_recipe
 from recone_lite.prompts import load_tokenizer
 from recone_lite.run_folder import RunFolder
 from recone_lite.runs import latest_checkpoint
-from recone_lite.training import prompts_per_step, total_steps
+from recone_lite.training import total_steps
+from recone_lite.trl_batch import config_prompts_per_step
 
 
 def plan_memory(recipe: Recipe) -> dict[str, Any]:
@@ -53,7 +54,7 @@ def print_run_plan(
     memory = plan_memory(recipe)
     parts = memory["parts_gib"]
     steps = total_steps(args, n_train)
-    per_step = prompts_per_step(args)
+    per_step = config_prompts_per_step(args)
     unit = "prompts" if section == "grpo" else "examples"
     generations = ""
     if section == "grpo":

@@ -31,10 +31,10 @@ from recone_lite.training import (
     check_trainable,
     load_data,
     load_trainable,
-    prompts_per_step,
     render_rows,
     trainer_config,
 )
+from recone_lite.trl_batch import config_prompts_per_step
 from recone_lite.warmup import TRACES, warm_up
 
 
@@ -95,7 +95,7 @@ def train(
     args = trainer_config("grpo", values, out, recipe.seed)
     needed = section.train_limit
     if args.max_steps and args.max_steps > 0:  # read and render only the prompts the run reaches
-        reach = args.max_steps * prompts_per_step(args)
+        reach = args.max_steps * config_prompts_per_step(args)
         needed = reach if needed is None else min(needed, reach)
     if recipe.warmup and recipe.warmup.split == "train" and needed is not None:
         needed = max(needed, recipe.warmup.steps * recipe.warmup.batch_size)  # its traces too

@@ -18,7 +18,7 @@ from recone_lite.errors import ReconeError
 from recone_lite.gpu import is_out_of_memory, peak_memory_gib
 from recone_lite.jsonl import write_jsonl
 from recone_lite.runs import RunRecord, is_main_process, write_log_history
-from recone_lite.training import prompts_per_step
+from recone_lite.trl_batch import config_prompts_per_step
 
 
 def metrics_line(metrics: dict[str, Any]) -> str:
@@ -304,7 +304,7 @@ def run_trainer(
         peak_gpu_memory_gib=peak_memory_gib(),
         global_step=state.global_step,
         max_steps=state.max_steps,
-        train_samples_seen=state.global_step * prompts_per_step(trainer.args),
+        train_samples_seen=state.global_step * config_prompts_per_step(trainer.args),
         mean_output_tokens=round(statistics.fmean(lengths), 1) if lengths else final["mean_tokens"],
         dev_metrics=final,
         dev_history=[_scalars(d) for d in monitor.dev],

@@ -40,11 +40,11 @@ from recone_lite.errors import InputError
 from recone_lite.gpu import (
     check_vllm_quantization,
     describe_precision,
-    grpo_layout,
     precision_for,
     vllm_settings,
 )
 from recone_lite.prepared import manifest_path
+from recone_lite.trl_batch import grpo_layout, prompts_per_step
 
 GIB = 1024**3
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -603,7 +603,7 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
         "step_seconds": round(e.step_seconds, 2),
         "generation_seconds": round(e.generation_seconds, 2),
         "train_seconds": round(e.train_seconds, 2),
-        "prompts_per_step": max(s.batch * s.accumulation * gpus // max(s.num_generations, 1), 1),
+        "prompts_per_step": prompts_per_step(s.batch, s.accumulation, gpus, s.num_generations),
         "settings": dataclasses.asdict(s),
         "knobs": [{"change": t, "peak_gib": round(v, 2)}
                   for t, v in knobs(shape, s, device_name=device_name, memory_gib=memory)],
@@ -629,8 +629,8 @@ def plan_recipe(recipe: Any, *, device_name: str = "rtx4090", memory_gib: float 
 
 
 def batch_layout(recipe: Any, gpus: int) -> Any:
-    """TRL's GRPO batch layout of the recipe at `gpus` processes (gpu.grpo_layout); None for SFT,
-    whose batch has no divisibility rule."""
+    """TRL's GRPO batch layout of the recipe at `gpus` processes (trl_batch.grpo_layout); None
+    for SFT, whose batch has no divisibility rule."""
     if recipe.kind != "grpo":
         return None
     return grpo_layout(recipe.grpo, gpus, trainer_defaults("grpo"))

@@ -42,7 +42,6 @@ from recone_lite.gpu import (
     cuda_available,
     cuda_capability,
     describe_precision,
-    grpo_layout,
     is_quantized,
     is_unsloth,
     log_once,
@@ -58,6 +57,7 @@ from recone_lite.prompts import PromptStyle, render_prompt
 from recone_lite.run_folder import RunFolder
 from recone_lite.runs import RECIPE_YAML
 from recone_lite.runtime import cpu_threads, import_unsloth_first, quiet_progress_bars
+from recone_lite.trl_batch import config_prompts_per_step, grpo_layout
 from recone_lite.versions import package_version
 
 # --- data ---------------------------------------------------------------------------------------
@@ -431,18 +431,11 @@ def trainer_config(section: str, values: dict[str, Any], out: Path, seed: int) -
         raise InputError(first_line(err), field=section) from None
 
 
-def prompts_per_step(args: Any) -> int:
-    """Distinct prompts per optimizer step (GRPO: completions per step / num_generations)."""
-    completions = args.per_device_train_batch_size * args.gradient_accumulation_steps
-    completions *= max(args.world_size, 1)
-    return max(completions // getattr(args, "num_generations", 1), 1)
-
-
 def total_steps(args: Any, n_examples: int) -> int:
     """The optimizer steps a run will take: max_steps, else epochs over the examples."""
     if args.max_steps and args.max_steps > 0:
         return int(args.max_steps)
-    return max(math.ceil(n_examples * args.num_train_epochs / prompts_per_step(args)), 1)
+    return max(math.ceil(n_examples * args.num_train_epochs / config_prompts_per_step(args)), 1)
 
 
 # --- the SFT trainer: `sft` and GRPO's format warm-up (warmup.py) ---------------------------------

@@ -26,7 +26,6 @@ from recone_lite.gpu import (
     check_vllm_quantization,
     check_zero_quantization,
     device_map,
-    grpo_layout,
     load_dtype,
     precision_for,
     precision_settings,
@@ -42,6 +41,7 @@ from recone_lite.training import (
     vllm_lora_rank,
     wants_checkpointing,
 )
+from recone_lite.trl_batch import grpo_layout
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent
