@@ -1,24 +1,19 @@
 """The monitor of `train` and `sft`: one line per logged step, alarms, dev evaluation every
-`eval_steps`, run.json after each checkpoint; `run_trainer` (train, save, evaluate, finish the
-run record) and the out-of-memory message that names the recipe's knobs.
+`eval_steps`, run.json after each checkpoint. The loop it watches (train, save, evaluate, finish
+the run record) is train_loop.py's.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import statistics
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from recone_lite import log
-from recone_lite.errors import ReconeError
-from recone_lite.gpu import is_out_of_memory, peak_memory_gib
 from recone_lite.jsonl import write_jsonl
-from recone_lite.runs import RunRecord, is_main_process, write_log_history
-from recone_lite.trl_batch import config_prompts_per_step
+from recone_lite.runs import RunRecord, is_main_process
 
 
 def metrics_line(metrics: dict[str, Any]) -> str:
@@ -49,7 +44,7 @@ class Alarm:
     active: bool = False
 
 
-def _series(history: list[dict[str, Any]], key: str) -> list[float]:
+def series(history: list[dict[str, Any]], key: str) -> list[float]:
     return [h[key] for h in history if isinstance(h.get(key), (int, float))]
 
 
@@ -69,7 +64,7 @@ def zero_std_alarm(
     >>> zero_std_alarm([{"frac_reward_zero_std": 1.0}] * 2) is None
     True
     """
-    values = _series(history, "frac_reward_zero_std")
+    values = series(history, "frac_reward_zero_std")
     if len(values) >= flat_steps and min(values[-flat_steps:]) >= 1.0:
         return (
             f"rewards identical within every group for {flat_steps} logged steps: every advantage "
@@ -93,7 +88,7 @@ def clipped_alarm(history: list[dict[str, Any]], share: float = 0.3) -> str | No
     >>> clipped_alarm([{"completions/clipped_ratio": 0.5}])[:28]
     '50% of completions hit grpo.'
     """
-    values = _series(history, "completions/clipped_ratio")
+    values = series(history, "completions/clipped_ratio")
     if values and values[-1] > share:
         return (
             f"{values[-1]:.0%} of completions hit grpo.max_completion_length: truncated answers "
@@ -112,7 +107,7 @@ def format_falling_alarm(
     'format rate fell from 0.90 to 0.50 (5-log means): the policy is drifting away from the \
 tags (lower grpo.learning_rate, check for reward hacking in the logged completions)'
     """
-    values = _series(history, "format_rate")
+    values = series(history, "format_rate")
     if len(values) < 2 * window:
         return None
     means = [statistics.fmean(values[i - window : i]) for i in range(window, len(values) + 1)]
@@ -232,108 +227,3 @@ def make_monitor(
                               dev_history=self.dev, alarms=self.raised)
 
     return Monitor()
-
-
-def load_checkpoints_on_cpu(trainer: Any) -> None:
-    """Make a multi-process CPU run resumable. Under torchrun on CPU, accelerate 1.15 gives each
-    rank `torch.device("cpu", local_rank % 1)` (state.py `set_device`: MULTI_CPU), and
-    transformers 5.17's `_load_optimizer_and_scheduler` passes `args.device` as `map_location`
-    when `world_size > 1`; torch 2.13's `default_restore_location` knows "cpu" but not "cpu:0"
-    and raises "don't know how to restore data location ... (tagged with cpu:0)" (seen in
-    tests/test_distributed.py). While that method runs, a CPU map_location is passed as plain
-    "cpu"; a single process, or a GPU, is left alone."""
-    import torch
-
-    device = trainer.args.device
-    if trainer.args.world_size <= 1 or device.type != "cpu" or device.index is None:
-        return
-    load_states = trainer._load_optimizer_and_scheduler
-
-    def load(checkpoint: Any) -> Any:
-        original = torch.load
-
-        def on_cpu(*args: Any, **kwargs: Any) -> Any:
-            where = kwargs.get("map_location")
-            if isinstance(where, torch.device) and where.type == "cpu":
-                kwargs["map_location"] = "cpu"
-            return original(*args, **kwargs)
-
-        torch.load = on_cpu
-        try:
-            return load_states(checkpoint)
-        finally:
-            torch.load = original
-
-    trainer._load_optimizer_and_scheduler = load
-
-
-def run_trainer(
-    trainer: Any,
-    monitor: Any,
-    record: RunRecord,
-    *,
-    checkpoint: Path | None,
-    section: str,
-    eval_at_start: bool,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train (from `checkpoint` when resuming), save the final adapter and tokenizer at the top of
-    the run directory, evaluate on dev, write log.jsonl and the finished run.json.
-
-    Shared by `sft` and `train`: the same run directory, resume rule and run.json for both.
-    """
-    out = Path(trainer.args.output_dir)
-    monitor.trainer = trainer
-    if checkpoint is None and eval_at_start:
-        record.update(dev_before=_scalars(monitor.evaluate(0)))
-    record.update(**(extra or {}))
-    if checkpoint is not None:
-        log.info(f"resuming from {checkpoint}")
-        load_checkpoints_on_cpu(trainer)
-    with explain_oom(section), log.progress(section, unit="steps") as monitor.step:
-        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(out))
-    state = trainer.state
-    final = monitor.evaluate(state.global_step)
-    if is_main_process():  # distributed: rank 0 alone writes the run folder
-        write_log_history(out, state.log_history)
-    lengths = _series(monitor.history, "completions/mean_length")
-    step_times = _series(monitor.history, "step_time")
-    result = record.finish(
-        mean_step_time_s=round(statistics.fmean(step_times), 2) if step_times else None,
-        peak_gpu_memory_gib=peak_memory_gib(),
-        global_step=state.global_step,
-        max_steps=state.max_steps,
-        train_samples_seen=state.global_step * config_prompts_per_step(trainer.args),
-        mean_output_tokens=round(statistics.fmean(lengths), 1) if lengths else final["mean_tokens"],
-        dev_metrics=final,
-        dev_history=[_scalars(d) for d in monitor.dev],
-        alarms=monitor.raised,
-    )
-    log.info(f"done: {out} (adapter, recipe.yaml, run.json); dev {metrics_line(final)}")
-    return result
-
-
-def _scalars(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if k not in ("histogram", "example")}
-
-
-def oom_message(section: str) -> str:
-    generation = "grpo.num_generations, grpo.max_completion_length, " if section == "grpo" else ""
-    knobs = (
-        f"{section}.per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
-        f"batch), {generation}data.max_prompt_tokens, model.quantization: 4bit, lora.r, "
-        f"{section}.gradient_checkpointing: true, evaluation.batch_size"
-    )
-    return f"out of GPU memory; lower one of: {knobs}"
-
-
-@contextlib.contextmanager
-def explain_oom(section: str) -> Iterator[None]:
-    """Turn CUDA's out-of-memory error into a one-line message naming the recipe knobs."""
-    try:
-        yield
-    except RuntimeError as err:  # torch.cuda.OutOfMemoryError is one
-        if is_out_of_memory(err):
-            raise ReconeError(oom_message(section)) from None
-        raise

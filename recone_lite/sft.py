@@ -27,12 +27,13 @@ from recone_lite.dry_run import print_run_plan, recipe_tokenizer, run_dir_state
 from recone_lite.errors import InputError
 from recone_lite.gpu import cuda_available
 from recone_lite.jsonl import read_jsonl
-from recone_lite.monitor import make_monitor, run_trainer
+from recone_lite.monitor import make_monitor
 from recone_lite.prepared import iter_split
 from recone_lite.prompts import count_tokens
 from recone_lite.rewards import completion_text, format_ok, parse_rating
 from recone_lite.runs import RunRecord, open_run_dir
 from recone_lite.traces import leaks_hint, rating_matches
+from recone_lite.train_loop import run_trainer
 from recone_lite.training import (
     Data,
     check_gpu_path,
