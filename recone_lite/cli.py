@@ -800,9 +800,9 @@ def plan(
     """
     # why: lazy, so --help starts fast (pydantic, yaml, numpy)
     from recone_lite.config import load_recipe
-    from recone_lite.plan import plan_for_cli, print_plan
+    from recone_lite.plan import plan_command, print_plan
 
-    result = plan_for_cli(load_recipe(recipe, overrides), device, gpu_mem, gpus, engine)
+    result = plan_command(load_recipe(recipe, overrides), device, gpu_mem, gpus, engine)
     print_plan(result)
     typer.echo(dumps(result))
 

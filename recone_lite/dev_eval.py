@@ -46,7 +46,7 @@ def generation_mode(model: Any, tokenizer: Any) -> Iterator[None]:
             model.train()
 
 
-def evaluate(
+def dev_metrics(
     model: Any, tokenizer: Any, examples: list[dict[str, Any]], recipe: Recipe, data: Data
 ) -> dict[str, Any]:
     """Greedy generation on `examples` as `predict` does it; MAE, RMSE, coverage (metrics.py)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 from recone_lite import log
@@ -416,20 +415,6 @@ def is_quantized(model: Any) -> bool:
     """Whether a loaded model's weights are bitsandbytes 4- or 8-bit."""
     return bool(getattr(model, "is_loaded_in_4bit", False)
                 or getattr(model, "is_loaded_in_8bit", False))
-
-
-def zero_stage_of_config(path: str | Path) -> int | None:
-    """The ZeRO stage an accelerate config file sets (None: not DeepSpeed)."""
-    import yaml
-
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError):
-        return None
-    if not isinstance(raw, dict) or raw.get("distributed_type") != "DEEPSPEED":
-        return None
-    stage = (raw.get("deepspeed_config") or {}).get("zero_stage")
-    return int(stage) if isinstance(stage, int) else None
 
 
 def check_zero_quantization(stage: int | None, quantization: str, where: str = "") -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite.config import Recipe, dump_recipe
-from recone_lite.dev_eval import evaluate
+from recone_lite.dev_eval import dev_metrics
 from recone_lite.dry_run import print_run_plan, recipe_tokenizer, run_dir_state
 from recone_lite.errors import InputError
 from recone_lite.gpu import cuda_available, vllm_settings
@@ -129,7 +129,7 @@ def train(
         if recipe.warmup and checkpoint is None:  # a resumed run's checkpoint holds it warmed up
             record.update(warmup=warm_up(model, tokenizer, recipe, data, out))
         monitor = make_monitor(
-            record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
+            record, lambda: dev_metrics(model, tokenizer, dev, recipe, data), args.eval_steps
         )
         trainer = GRPOTrainer(
             model=model,

@@ -298,6 +298,3 @@ def _message(err: BaseException, secrets: Iterable[str] = ()) -> str:
     return text[:300]
 
 
-def chat_completions(requests: list[list[dict[str, Any]]], **options: Any) -> list[ChatResult]:
-    """All results of `stream_chat_completions` (same keyword options) as a list, in order."""
-    return list(stream_chat_completions(requests, **options))

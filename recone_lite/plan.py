@@ -756,13 +756,14 @@ def run_steps(recipe: Any, gpus: int) -> int | None:
     if n is None:
         return None
     s = settings_from_recipe(recipe)
-    per_step = max(s.batch * s.accumulation * gpus // max(s.num_generations, 1), 1)
+    per_step = prompts_per_step(s.batch, s.accumulation, gpus, s.num_generations)
     return max(math.ceil(n * float(section.get("num_train_epochs", 1.0)) / per_step), 1)
 
 
-def plan_for_cli(recipe: Any, device_name: str, memory_gib: float | None,
+def plan_command(recipe: Any, device_name: str, memory_gib: float | None,
                  gpus: int, engine: str | None = None) -> dict[str, Any]:
-    """`plan_recipe` with the command line's checks (a known device profile and engine)."""
+    """What `recone-lite plan` prints: `plan_recipe` at the run's step count, with the command
+    line's checks (a known device profile and engine)."""
     if device_name not in DEVICES:
         raise InputError(f"unknown device {device_name!r}; known: {', '.join(DEVICES)}",
                          field="--device")

@@ -355,15 +355,6 @@ def open_run_dir(
             start.started()
 
 
-def prepare_run_dir(
-    out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
-) -> tuple[Path | None, dict[str, Any]]:
-    """`open_run_dir` for a caller that holds no lock and has nothing to undo: the checkpoint to
-    resume from and the earlier run.json; a replaced run is removed at once."""
-    with open_run_dir(out, recipe_yaml, resume=resume, overwrite=overwrite) as start:
-        return start.checkpoint, start.previous
-
-
 def git_commit() -> dict[str, Any] | None:
     """The commit of the recone-lite source tree and whether it had local changes (None outside
     a git checkout, e.g. a wheel install)."""

@@ -22,7 +22,7 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.config import Recipe, dump_recipe, packaged_recipes, read_raw_recipe
-from recone_lite.dev_eval import evaluate
+from recone_lite.dev_eval import dev_metrics
 from recone_lite.dry_run import print_run_plan, recipe_tokenizer, run_dir_state
 from recone_lite.errors import InputError
 from recone_lite.gpu import cuda_available
@@ -256,7 +256,7 @@ def train(
         trainable, total = check_trainable(model)
         rows = build_rows(pairs, tokenizer, recipe, data, args.max_length)
         monitor = make_monitor(
-            record, lambda: evaluate(model, tokenizer, dev, recipe, data), args.eval_steps
+            record, lambda: dev_metrics(model, tokenizer, dev, recipe, data), args.eval_steps
         )
         trainer = fit(model, tokenizer, rows, args, [monitor])
         start.started(record)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 from data_helpers import amazon_2023
-from training_helpers import main, write_prepared, write_recipe
+from training_helpers import main, prepare_run_dir, write_prepared, write_recipe
 
 from recone_lite.errors import InputError, ReconeError
 from recone_lite.files import writer_lock
 from recone_lite.jsonl import write_jsonl
-from recone_lite.runs import latest_checkpoint, open_run_dir, prepare_run_dir
+from recone_lite.runs import latest_checkpoint, open_run_dir
 
 
 @pytest.fixture(scope="module")

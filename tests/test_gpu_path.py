@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from recone_lite.cli import app
@@ -32,7 +33,6 @@ from recone_lite.gpu import (
     unsloth_kwargs,
     vllm_settings,
     zero_stage_from_env,
-    zero_stage_of_config,
 )
 from recone_lite.plan import fix_values, plan_recipe
 from recone_lite.training import (
@@ -310,6 +310,18 @@ def test_unsloth_serves_vllm_rollouts_for_the_adapters_rank(tmp_path: Path) -> N
 
 
 # --- DeepSpeed ----------------------------------------------------------------------------------
+
+
+def zero_stage_of_config(path: str | Path) -> int | None:
+    """The ZeRO stage an accelerate config file sets (None: not DeepSpeed)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict) or raw.get("distributed_type") != "DEEPSPEED":
+        return None
+    stage = (raw.get("deepspeed_config") or {}).get("zero_stage")
+    return int(stage) if isinstance(stage, int) else None
 
 
 def test_zero3_takes_no_device_map_and_no_4bit_base() -> None:

@@ -12,10 +12,16 @@ import time
 from pathlib import Path
 
 import pytest
-from training_helpers import adapter_tensors, main, write_prepared, write_recipe
+from training_helpers import (
+    adapter_tensors,
+    main,
+    prepare_run_dir,
+    write_prepared,
+    write_recipe,
+)
 
 from recone_lite.errors import InputError, ReconeError
-from recone_lite.runs import prepare_run_dir, recipe_difference
+from recone_lite.runs import recipe_difference
 
 
 @pytest.fixture(scope="module")

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 import pytest
 from chat_server import chat_server
 
 from recone_lite.errors import ReconeError
-from recone_lite.openai_client import chat_completions, stream_chat_completions
+from recone_lite.openai_client import ChatResult, stream_chat_completions
+
+
+def chat_completions(requests: list[list[dict[str, Any]]], **options: Any) -> list[ChatResult]:
+    """All results of `stream_chat_completions` (same keyword options) as a list, in order."""
+    return list(stream_chat_completions(requests, **options))
 
 
 def ask(n: int) -> list[list[dict[str, str]]]:

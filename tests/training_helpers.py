@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from recone_lite.runs import open_run_dir
+
 GENRES = ["Comedy", "Drama", "Action", "Horror", "Romance", "Sci-Fi"]
 
 
@@ -117,3 +119,12 @@ def adapter_tensors(folder: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def prepare_run_dir(
+    out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
+) -> tuple[Path | None, dict[str, Any]]:
+    """`open_run_dir` for a caller that holds no lock and has nothing to undo: the checkpoint to
+    resume from and the earlier run.json; a replaced run is removed at once."""
+    with open_run_dir(out, recipe_yaml, resume=resume, overwrite=overwrite) as start:
+        return start.checkpoint, start.previous
