@@ -2,12 +2,13 @@
 `GRPOTrainer` (Unsloth-patched on CUDA with the `gpu` extra).
 
 Top to bottom: read the data and TRL's `GRPOConfig` (the recipe's `grpo:` section, passed through),
-load the model with a trainable adapter (a new one, or `init_adapter`: the RecOne chain from an
-SFT adapter) and refuse a frozen one, render the prompts as `predict` does, optionally warm up
-the tag format with a few SFT steps on template traces (`warmup:`, for tiny models; not RecOne),
-then train with the reward functions of `rewards.py`, reading the true `rating` column. The
-monitor prints TRL's metrics, raises alarms and evaluates on dev with real generation every
-`grpo.eval_steps`; runs.py holds the run directory, resume and run.json rules.
+load the model with a trainable adapter (a new one, or `init_adapter`: the RecOne chain from an SFT
+adapter) and refuse a frozen one, render the prompts as `predict` does, optionally warm up with a
+few SFT steps on offline traces (`warmup:`, warmup.py: one of four teachers, from the tag format
+alone to reasoning from the evidence; for small models; not RecOne), then train with the reward
+functions of `rewards.py`, reading the true `rating` column. The monitor prints TRL's metrics,
+raises alarms and evaluates on dev with real generation every `grpo.eval_steps`; runs.py holds the
+run directory, resume and run.json rules.
 """
 
 from __future__ import annotations

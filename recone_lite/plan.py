@@ -248,7 +248,7 @@ class Settings:
     vllm_share: float = 0.3
     eval_batch: int = 8
     eval_tokens: int = 256
-    warmup_batch: int = 0  # format warm-up SFT steps before GRPO (`warmup:`), 0 when none
+    warmup_batch: int = 0  # warm-up SFT steps before GRPO (`warmup:`), 0 when none
     readout: str = "text"  # evaluation.readout: `expected` keeps generate's fp32 logits
     engine: str = "transformers"  # transformers (+ peft) | unsloth: who loads a 4/8-bit base
 

@@ -27,10 +27,9 @@ def quiet_progress_bars() -> None:
 
 def cpu_threads() -> int:
     """On CPU, use the cores that are idle: on a machine shared with other busy processes, more
-    threads than free cores make every parallel op wait for a descheduled thread (measured here:
-    a step twice as slow with 2 threads as with 1 under a load of 5 on 2 cores), while on an idle
-    machine every core helps (a GRPO backward pass 2.0x faster on 2 threads than on 1).
-    OMP_NUM_THREADS, when set, wins. Returns the thread count set."""
+    threads than free cores make every parallel op wait for a descheduled thread, while on an
+    idle machine every core helps (docs/training.md has the measurements). OMP_NUM_THREADS,
+    when set, wins. Returns the thread count set."""
     import os
 
     import torch

@@ -10,7 +10,7 @@ are rejected and counted (`--strict`: any such line is an error).
 
 The run directory is the same as GRPO's (runs.py); the SFT adapter then starts GRPO with
 `recone-lite train --recipe music-grpo --init-adapter runs/music-sft` (RecOne).
-The same `fit` serves GRPO's format warm-up (`warmup:` in a recipe) on template traces.
+The same `fit` serves GRPO's warm-up (`warmup:` in a recipe: SFT on offline traces, warmup.py).
 """
 
 from __future__ import annotations

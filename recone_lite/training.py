@@ -2,9 +2,10 @@
 objects with the device settings, the SFT trainer, and the recipe of a run.
 
 Both entry points read top to bottom in `sft.py` and `grpo.py`; this module holds the pieces, each
-a small function. Beside it: the monitor and `run_trainer` (monitor.py), the dev evaluation
-(dev_eval.py), the dry run's plan (dry_run.py), the process set-up (runtime.py: CPU threads,
-Unsloth first). Heavy imports (torch, transformers, peft, trl) happen inside the functions.
+a small function. Beside it: the monitor (monitor.py), the loop `run_trainer` (train_loop.py),
+TRL's batch rules (trl_batch.py), the dev evaluation (dev_eval.py), the dry run's plan
+(dry_run.py), the process set-up (runtime.py: CPU threads, Unsloth first). Heavy imports (torch,
+transformers, peft, trl) happen inside the functions.
 """
 
 from __future__ import annotations
@@ -259,7 +260,7 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 def wants_checkpointing(recipe: Recipe) -> bool:
     """`gradient_checkpointing` of the recipe's own trainer section (`sft:` for an SFT recipe,
-    `grpo:` for GRPO and its format warm-up); TRL's default (on) when the section is silent."""
+    `grpo:` for GRPO and its warm-up); TRL's default (on) when the section is silent."""
     section = recipe.sft if recipe.kind == "sft" else recipe.grpo
     return bool(section.get("gradient_checkpointing", True))
 
@@ -438,7 +439,7 @@ def total_steps(args: Any, n_examples: int) -> int:
     return max(math.ceil(n_examples * args.num_train_epochs / config_prompts_per_step(args)), 1)
 
 
-# --- the SFT trainer: `sft` and GRPO's format warm-up (warmup.py) ---------------------------------
+# --- the SFT trainer: `sft` and GRPO's warm-up (warmup.py) ----------------------------------------
 
 
 def sft_row(messages: list[dict[str, str]], answer: str) -> dict[str, Any]:
