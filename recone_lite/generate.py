@@ -132,7 +132,10 @@ def hf_backend(
 ) -> Backend:
     """Batched local generation: render each request with the tokenizer's chat template (fitted
     to `max_prompt_tokens`), pad on the left, `model.generate`, cut each completion at its eos.
-    With `readout="expected"` each sample also carries its rating distribution (readout.py)."""
+    With `readout="expected"` each sample also carries its rating distribution (readout.py).
+
+    Long on purpose: the backend is a closure over the loaded model and its tokenizer's token
+    ids, and its inner loop (batch, generate, cut, read the distribution) reads as one."""
     import torch
 
     token_ids = readouts.rating_token_ids(tokenizer, scale) if readout == "expected" else None

@@ -159,7 +159,11 @@ def make_traces(
     max_retries: int = 4,
     timeout: float = 600.0,
 ) -> dict[str, Any]:
-    """Write the traces of `data/<split>.jsonl` to `out`; return the summary (also logged)."""
+    """Write the traces of `data/<split>.jsonl` to `out`; return the summary (also logged).
+
+    Long on purpose: the two passes (ask every example, then ask again with the hint for the
+    misses) share the bookkeeping of drops, leaks and counts that the summary reports, and read
+    best top to bottom in one place."""
     if teacher not in TEACHERS:
         raise InputError(f"unknown teacher {teacher!r}; choose {' or '.join(TEACHERS)}",
                          field="teacher")

@@ -1,5 +1,6 @@
-"""The package's shape (issue 18): no import circle, every in-function import of the package's own
-modules says why, and no file so long that it holds more than one job.
+"""The package's shape (issues 18 and 27): no import circle, every in-function import of the
+package's own modules says why, no file or function so long that it holds more than one job, one
+reader of a run's recipe.yaml, and the GPU asked about in gpu.py alone.
 
 The import graph is read with `ast` (nothing is imported): an edge A -> B for each
 `import recone_lite.B` / `from recone_lite[.B] import name` in A, counted separately for imports at
@@ -18,6 +19,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "recone_lite"
 MARKER = "# why:"
 MAX_LINES = 600
 UNIT_NOTE = "one unit"  # a longer file's top docstring says why it is one unit
+MAX_FUNCTION_LINES = 100
+LONG_NOTE = "Long on purpose"  # a longer function's docstring says why
+RECIPE_READERS = {"recone_lite.run_folder", "recone_lite.runs"}  # reads it; writes and compares it
+GPU_MODULE = "recone_lite.gpu"
 
 
 def module_name(path: Path) -> str:
@@ -145,3 +150,76 @@ def test_the_graph_is_read() -> None:
     top, _, _ = import_graph()
     assert "recone_lite.errors" in top["recone_lite.config"]
     assert find_cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]
+
+
+def functions(tree: ast.AST) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def test_no_function_over_the_limit_unless_its_docstring_says_why() -> None:
+    long = []
+    for name, path in modules().items():
+        for node in functions(ast.parse(path.read_text(encoding="utf-8"))):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > MAX_FUNCTION_LINES and LONG_NOTE not in (ast.get_docstring(node) or ""):
+                long.append(f"{name}.{node.name}: {lines} lines")
+    assert not long, (f"functions over {MAX_FUNCTION_LINES} lines without '{LONG_NOTE}' and a "
+                      "reason in their docstring: " + ", ".join(long))
+
+
+def loads_yaml(tree: ast.AST) -> bool:
+    """Whether the code calls `yaml.load` or `yaml.safe_load`."""
+    return any(isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+               and n.value.id == "yaml" and n.attr in ("load", "safe_load")
+               for n in ast.walk(tree))
+
+
+def code_strings(tree: ast.AST) -> set[str]:
+    """The string constants of the code, docstrings left out."""
+    docs = {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and n.body and isinstance(n.body[0], ast.Expr)
+            and isinstance(n.body[0].value, ast.Constant)}
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
+
+
+def test_one_reader_of_a_runs_recipe_yaml() -> None:
+    """run_folder.RunFolder reads a run's recipe.yaml (runs.py writes it and compares it on
+    --resume); no other module parses it by hand or spells its name instead of RECIPE_YAML."""
+    found = []
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if name == "recone_lite.runs":
+            continue
+        if "recipe.yaml" in code_strings(tree):
+            found.append(f"{name}: spells 'recipe.yaml' (runs.RECIPE_YAML names it)")
+        names = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+            a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+        if "RECIPE_YAML" in names and loads_yaml(tree) and name not in RECIPE_READERS:
+            found.append(f"{name}: parses YAML beside RECIPE_YAML (RunFolder reads it)")
+    assert not found, "\n".join(found)
+
+
+def test_torch_cuda_is_asked_in_gpu_py_alone() -> None:
+    """CUDA facts (is it there, its memory, its errors) have one home: gpu.py."""
+    found = []
+    for name, path in modules().items():
+        if name == GPU_MODULE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and node.attr == "cuda" and isinstance(
+                    node.value, ast.Name) and node.value.id == "torch":
+                found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+    assert not found, "torch.cuda outside gpu.py (use gpu.cuda_available and its kin): " + \
+        ", ".join(found)
+
+
+def test_the_new_rules_see_what_they_forbid() -> None:
+    """The checks above find what they look for (a guard against rules that check nothing)."""
+    tree = ast.parse('"""doc: recipe.yaml"""\nimport yaml\nx = yaml.safe_load("recipe.yaml")\n'
+                     "import torch\ny = torch.cuda.is_available()\n")
+    assert loads_yaml(tree) and "recipe.yaml" in code_strings(tree)
+    assert "doc: recipe.yaml" not in code_strings(tree)
+    assert any(isinstance(n, ast.Attribute) and n.attr == "cuda" for n in ast.walk(tree))
+

@@ -600,7 +600,10 @@ def prepare(source: str, reviews: Path | None, meta: Path | None, out: Path,
 
 def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, options: Options,
              load: Any) -> dict[str, Any]:
-    """`prepare` once `out` is locked and checked."""
+    """`prepare` once `out` is locked and checked.
+
+    Long on purpose: one pass over the data, in the order the files come out (read, filter,
+    split, add the evidence, write the splits, then the manifest last); each step is a call."""
     for given, flag in ((reviews, "--reviews"), (meta, "--meta")):
         if given is not None and not Path(given).exists():
             raise InputError("no such file or folder", path=given, field=flag)
