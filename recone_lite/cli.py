@@ -846,6 +846,20 @@ def launch(
     raise_if_failed(results)
 
 
+def _flowing_summaries(*typer_apps: typer.Typer) -> None:
+    """Each command's line in a command list is its docstring's first paragraph as one flowing
+    sentence: in rich mode typer keeps the docstring's hard line breaks there, breaking
+    sentences mid-line ("MAE with / failures"). A command's own --help rewraps it already."""
+    for typer_app in typer_apps:
+        for command in typer_app.registered_commands:
+            if command.short_help is None and command.callback is not None:
+                first = inspect.cleandoc(command.callback.__doc__ or "").split("\n\n")[0]
+                command.short_help = " ".join(first.split()) or None
+
+
+_flowing_summaries(app, data_app, recipes_app, traces_app)
+
+
 def main() -> None:
     """Console entry point: click reports usage errors (exit 2); ReconeError becomes one line."""
     try:

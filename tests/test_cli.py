@@ -42,6 +42,15 @@ def test_top_level_help_lists_commands() -> None:
         assert name in result.output
 
 
+def test_command_lists_flow_their_sentences() -> None:
+    """A command list shows each command's first docstring paragraph as flowing text: rich kept
+    the docstring's hard line breaks there ("MAE with" and "failures" on two lines)."""
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0
+    assert "MAE with failures (an unparsable answer" in result.output
+    assert "(from the installed recbole package)" in result.output
+
+
 def test_version_names_the_stack() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "recone_lite", "version"], capture_output=True, text=True, check=True
