@@ -13,6 +13,7 @@ module is cheap: torch, transformers and peft are imported inside the functions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -36,6 +37,7 @@ from recone_lite.gpu import (
     unsloth_kwargs,
     zero_stage,
 )
+from recone_lite.runtime import gguf_bar_on_terminals_only
 from recone_lite.versions import package_version
 
 Engine = Literal["auto", "unsloth", "transformers"]
@@ -249,7 +251,8 @@ def _load_transformers(spec: ModelSpec, dtype: Any, on_cuda: bool) -> tuple[Any,
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs_for_tokenizer(kwargs))
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+        with gguf_bar_on_terminals_only() if gguf is not None else contextlib.nullcontext():
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
     except OSError as err:  # missing files, unknown hub id (no network), not a model folder
         raise InputError(f"cannot load {spec.name}: {first_line(err)}", field="model") from None
     except ImportError as err:  # bitsandbytes, gguf or a model's own dependency missing

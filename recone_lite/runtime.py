@@ -4,10 +4,13 @@ machine's load, Unsloth imported before transformers on CUDA, no progress bars i
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import statistics
+from collections.abc import Iterator
 
 from recone_lite import log
-from recone_lite.versions import cuda_available as has_cuda
+from recone_lite.gpu import cuda_available
 from recone_lite.versions import package_version
 
 
@@ -23,6 +26,21 @@ def quiet_progress_bars() -> None:
 
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def gguf_bar_on_terminals_only() -> Iterator[None]:
+    """While a GGUF loads: transformers' reader draws a tqdm bar over the tensors, which in a log
+    (stderr not a terminal) is written line after line. Here its bar takes tqdm's
+    `disable=None`: drawn on a terminal as before, left out of files and pipes."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    drawn = reader.tqdm
+    reader.tqdm = functools.partial(drawn, disable=None)
+    try:
+        yield
+    finally:
+        reader.tqdm = drawn
 
 
 def cpu_threads() -> int:
@@ -77,7 +95,7 @@ def busy_threads(samples: int = 5, interval: float = 0.1) -> int:
 def import_unsloth_first() -> None:
     """On CUDA with the `gpu` extra, import Unsloth before transformers / peft / trl are used, so
     its patches (FastLanguageModel, and TRL's trainers: the old PatchFastRL) apply. No-op on CPU."""
-    if package_version("unsloth") == "not installed" or not has_cuda():
+    if package_version("unsloth") == "not installed" or not cuda_available():
         return
     try:
         import unsloth  # noqa: F401

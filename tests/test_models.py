@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pydantic import ValidationError
 
 from recone_lite.errors import InputError
 from recone_lite.models import ModelSpec, adapter_mismatch, check_spec, load_model
+from recone_lite.runtime import gguf_bar_on_terminals_only
 
 
 def test_spec_defaults_and_unknown_keys():
@@ -135,3 +137,19 @@ def test_cpu_says_it_ignores_4bit(tiny_dir, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert "4bit quantization needs CUDA" in err and "via transformers on cpu (float32)" in err
     assert tokenizer.padding_side == "left" and not model.training
+
+
+def test_the_gguf_readers_bar_stays_out_of_logs() -> None:
+    """While a GGUF loads, transformers' reader draws its tqdm bar on a terminal only: into a
+    log (here a StringIO, not a terminal) it wrote the bar line after line."""
+    from transformers import modeling_gguf_pytorch_utils as reader
+
+    log = io.StringIO()
+    with gguf_bar_on_terminals_only():
+        for _ in reader.tqdm(range(3), file=log):
+            pass
+    assert log.getvalue() == ""
+    for _ in reader.tqdm(range(3), file=log):  # outside: the reader's own bar, put back
+        pass
+    assert "3/3" in log.getvalue()
+
