@@ -24,7 +24,8 @@ from recone_lite import grpo, log
 from recone_lite.data.prepare import Options, prepare
 from recone_lite.errors import InputError
 from recone_lite.evaluate import evaluate, print_report
-from recone_lite.predict import predict, recipe_options
+from recone_lite.predict import predict
+from recone_lite.predict_settings import PredictSettings
 from recone_lite.prepared import is_prepared, read_scale
 from recone_lite.report import HINT, write_report
 from recone_lite.run_folder import RunFolder
@@ -73,8 +74,8 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
     predictions = out / "test-predictions.jsonl"
     predictions.unlink(missing_ok=True)
     low, high = read_scale(data)
-    predict(str(sample), adapter=str(out), scale=f"{low},{high}", out=str(predictions),
-            **recipe_options(recipe))
+    predict(settings=PredictSettings.from_recipe(
+        recipe, input=str(sample), adapter=str(out), scale=f"{low},{high}", out=str(predictions)))
 
     log.info("demo 4/4: evaluating against the baselines on the same test examples")
     report = evaluate(data, predictions, "test", subset=True)  # the first test_limit examples
