@@ -176,6 +176,29 @@ class Recipe(Strict):
         return self
 
 
+def field_accepts(model: type[BaseModel], name: str, value: Any) -> bool:
+    """Whether `value` passes the schema's own check of the field `model.name` (its type and
+    range, strictly: no string, float or bool taken for an integer). How a run's recipe.yaml or
+    an export's recone.json is read leniently, field by field: a value the schema refuses counts
+    as not recorded, and the range lives in the schema alone (`DataSection.max_prompt_tokens`:
+    `gt=0`).
+
+    >>> [field_accepts(DataSection, "max_prompt_tokens", v) for v in (300, 0, True, "300", None)]
+    [True, False, False, False, False]
+    """
+    try:
+        _field_adapter(model, name).validate_python(value, strict=True)
+    except ValidationError:
+        return False
+    return True
+
+
+@functools.cache
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter:
+    field = model.model_fields[name]
+    return TypeAdapter(typing.Annotated[(field.annotation, *field.metadata)])
+
+
 def trainer_fields(section: str) -> set[str]:
     """Field names of TRL's GRPOConfig / SFTConfig (imports trl, so only on validation)."""
     return set(_trainer_types(section)) - {"output_dir"}

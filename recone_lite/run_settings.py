@@ -17,7 +17,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from recone_lite.models import read_recone_json
+from recone_lite.config import DataSection, EvalSection, field_accepts
+from recone_lite.models import ModelSpec, read_recone_json
 from recone_lite.prepared import is_prepared, manifest_path, read_scale
 from recone_lite.prompts import PromptStyle
 from recone_lite.run_folder import RunFolder
@@ -48,10 +49,6 @@ class RunDefaults:
         return self.sources.get(name, "?")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _section(mapping: dict[str, Any], name: str) -> dict[str, Any]:
     value = mapping.get(name)
     return value if isinstance(value, dict) else {}
@@ -78,18 +75,18 @@ def from_recipe(recipe: dict[str, Any], where: str) -> RunDefaults:
         found.model, found.sources["model"] = model["name"], where
         if isinstance(model.get("gguf_file"), str):
             found.gguf_file = model["gguf_file"]
-        if _positive_int(model.get("max_seq_length")):
+        if field_accepts(ModelSpec, "max_seq_length", model.get("max_seq_length")):
             found.max_seq_length = model["max_seq_length"]
     if isinstance(model.get("quantization"), str):
         found.quantization, found.sources["quantization"] = model["quantization"], where
     if isinstance(data.get("template"), str):
         found.template, found.sources["template"] = data["template"], where
-    if _positive_int(data.get("max_prompt_tokens")):
+    if field_accepts(DataSection, "max_prompt_tokens", data.get("max_prompt_tokens")):
         found.max_prompt_tokens = data["max_prompt_tokens"]
         found.sources["max_prompt_tokens"] = where
     if isinstance(evaluation.get("readout"), str):
         found.readout, found.sources["readout"] = evaluation["readout"], where
-    if _positive_int(evaluation.get("max_new_tokens")):
+    if field_accepts(EvalSection, "max_new_tokens", evaluation.get("max_new_tokens")):
         found.max_new_tokens = evaluation["max_new_tokens"]
         found.sources["max_new_tokens"] = where
     found.prompt = {key: data[key] for key in PROMPT_KEYS if data.get(key) is not None}
@@ -161,10 +158,10 @@ def from_record(record: dict[str, Any], where: str | Path) -> RunDefaults:
         settings = {"template": record.get("template"), "rating_scale": record.get("rating_scale")}
     if isinstance(settings.get("template"), str):
         found.template, found.sources["template"] = settings["template"], label
-    if _positive_int(settings.get("max_prompt_tokens")):
+    if field_accepts(DataSection, "max_prompt_tokens", settings.get("max_prompt_tokens")):
         found.max_prompt_tokens = settings["max_prompt_tokens"]
         found.sources["max_prompt_tokens"] = label
-    if _positive_int(settings.get("max_new_tokens")):
+    if field_accepts(EvalSection, "max_new_tokens", settings.get("max_new_tokens")):
         found.max_new_tokens = settings["max_new_tokens"]
         found.sources["max_new_tokens"] = label
     if isinstance(settings.get("readout"), str):
