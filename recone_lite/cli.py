@@ -351,12 +351,12 @@ def _settings_options(cls: type) -> Callable[[Callable[[Any], None]], Callable[.
         for field in dataclasses.fields(cls):
             meta = field.metadata
             shown = {} if meta["show_default"] else {"show_default": False}
-            info = typer.Argument(help=meta["help"], **shown) if meta["argument"] else \
+            declared = typer.Argument(help=meta["help"], **shown) if meta["argument"] else \
                 typer.Option(*meta["flags"], min=meta["min"], max=meta["max"], help=meta["help"],
                              **shown)
             params.append(inspect.Parameter(field.name, inspect.Parameter.KEYWORD_ONLY,
                                             default=field.default,
-                                            annotation=Annotated[hints[field.name], info]))
+                                            annotation=Annotated[hints[field.name], declared]))
 
         @functools.wraps(body)
         def command(**values: Any) -> None:
