@@ -8,9 +8,11 @@ the command that reads it, in the order that command reads them:
 
 - `recipe`: recipe.yaml as a mapping ({} when absent or not a mapping; InputError when it is not
   YAML). It is the run's fully resolved recipe; it is read leniently, section by section
-  (`section`), not validated as a whole `Recipe`: a run trained by an older recone-lite holds
-  keys a newer `Recipe` rejects, and validating `grpo:` / `sft:` imports TRL, which `predict`
-  and `export` do not need (and which must not be imported before Unsloth on a GPU).
+  (`section`) and field by field against the recipe schema's own checks
+  (`config.field_accepts`, in run_settings.from_recipe), not validated as a whole `Recipe`: a
+  run trained by an older recone-lite holds keys a newer `Recipe` rejects, and validating
+  `grpo:` / `sft:` imports TRL, which `predict` and `export` do not need (and which must not be
+  imported before Unsloth on a GPU).
 - `run`: run.json ({} when absent; InputError when corrupt).
 - `adapter_config`: adapter_config.json (InputError for a missing folder or a non-adapter one).
 - `base`, `data_dir`, `scale`: the base model the recipe (else the adapter config) names, the
