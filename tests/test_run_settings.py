@@ -18,8 +18,10 @@ from chat_server import chat_server
 from test_export import tiny_base
 from training_helpers import write_prepared
 
+from recone_lite.errors import InputError
 from recone_lite.predict import predict
 from recone_lite.prompts import PromptStyle, render_prompt
+from recone_lite.run_folder import RunFolder
 from recone_lite.run_settings import (
     PROMPT_KEYS,
     export_defaults,
@@ -54,6 +56,24 @@ def test_a_run_gives_answer_length_and_quantization_like_its_budget(tmp_path: Pa
                                                "expected", "think")
     assert found.prompt == {"system": "compact", "item_history": 0}
     assert found.scale == (1.0, 5.0) and found.source("max_new_tokens").endswith("recipe.yaml")
+
+
+def test_a_run_folder_reads_each_file_when_asked_and_skips_what_its_schema_refuses(
+        tmp_path: Path) -> None:
+    """RunFolder reads a file when asked for it: predict's defaults come from recipe.yaml even
+    beside a corrupt run.json (which only a reader of run.json trips over); a recorded value
+    the recipe schema refuses (a prompt budget of 0) counts as not recorded."""
+    run = adapter_folder(tmp_path / "run", {"model": {"name": "org/base"},
+                                             "data": {"template": "none", "max_prompt_tokens": 0},
+                                             "evaluation": {"max_new_tokens": 64}})
+    (run / "run.json").write_text("{not json")
+    found = run_defaults(run)
+    assert (found.model, found.template, found.max_new_tokens) == ("org/base", "none", 64)
+    assert found.max_prompt_tokens is None
+    folder = RunFolder(run)
+    assert folder.is_run and folder.base == "org/base" and folder.section("lora") == {}
+    with pytest.raises(InputError, match="malformed JSON"):
+        folder.run.get("status")
 
 
 def test_the_record_holds_the_whole_style_and_reads_back_tolerantly(tmp_path: Path) -> None:
