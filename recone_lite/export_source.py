@@ -78,7 +78,7 @@ def resolve_source(
         raise InputError(f"a {config.get('peft_type')} adapter: only LoRA adapters are exported",
                          path=folder.path / "adapter_config.json")
     section, data_section = folder.section("model"), folder.section("data")
-    name = base or section.get("name") or config.get("base_model_name_or_path")
+    name = base or folder.base
     if not name:
         raise InputError("the adapter records no base model; pass --base MODEL", field="base")
     if section.get("trust_remote_code") and not base and not trust_remote_code:
@@ -95,8 +95,8 @@ def resolve_source(
     if template is not None and template not in TEMPLATES:
         raise InputError(f"unknown template {template!r}; choose {', '.join(TEMPLATES)}",
                          field="template")
-    if data is None and data_section.get("dir") and Path(data_section["dir"]).is_dir():
-        data = data_section["dir"]
+    if data is None:
+        data = folder.data_dir
     if isinstance(scale, str):
         scale = parse_scale(scale)
     elif scale is None and data is not None and is_prepared(data):

@@ -19,7 +19,7 @@ from typing import Any
 
 from recone_lite.config import DataSection, EvalSection, field_accepts
 from recone_lite.models import ModelSpec, read_recone_json
-from recone_lite.prepared import is_prepared, manifest_path, read_scale
+from recone_lite.prepared import manifest_path
 from recone_lite.prompts import PromptStyle
 from recone_lite.run_folder import RunFolder
 from recone_lite.runs import RECIPE_YAML
@@ -57,8 +57,9 @@ def _section(mapping: dict[str, Any], name: str) -> dict[str, Any]:
 def from_recipe(recipe: dict[str, Any], where: str) -> RunDefaults:
     """The settings a recipe (a run's recipe.yaml, as a dict) trained and evaluated with: base
     model, template, prompt budget and style (`data:`), readout and answer length
-    (`evaluation:`), the base's quantization (`model:`), the scale (manifest of `data.dir`).
-    Malformed values are skipped (the command's own checks name them), never guessed.
+    (`evaluation:`), the base's quantization (`model:`); the scale is the run folder's
+    (`run_defaults`). Malformed values are skipped (the command's own checks name them), never
+    guessed.
 
     >>> found = from_recipe({"model": {"name": "m", "quantization": "4bit"}, "data": {
     ...     "template": "none", "system": "compact", "max_prompt_tokens": 300},
@@ -92,10 +93,6 @@ def from_recipe(recipe: dict[str, Any], where: str) -> RunDefaults:
     found.prompt = {key: data[key] for key in PROMPT_KEYS if data.get(key) is not None}
     if found.prompt:
         found.sources["prompt"] = where
-    data_dir = data.get("dir")
-    if isinstance(data_dir, str) and is_prepared(data_dir):
-        found.scale = read_scale(data_dir)
-        found.sources["scale"] = str(manifest_path(data_dir))
     return found
 
 
@@ -107,6 +104,9 @@ def run_defaults(adapter: str | Path) -> RunDefaults:
     config = folder.adapter_config  # InputError for a missing folder or a non-adapter one
     if folder.recipe_path.is_file():
         found = from_recipe(folder.recipe, str(folder.recipe_path))
+        found.scale = folder.scale  # the manifest of the data the run trained on
+        if found.scale is not None:
+            found.sources["scale"] = str(manifest_path(folder.data_dir))
     else:
         found = from_record(read_recone_json(folder.path), folder.path)
     if found.model is None and isinstance(config.get("base_model_name_or_path"), str):
@@ -153,7 +153,6 @@ def from_record(record: dict[str, Any], where: str | Path) -> RunDefaults:
         if recipe:
             found = from_recipe(recipe, str(folder.recipe_path))
             found.model = found.gguf_file = found.max_seq_length = found.quantization = None
-            found.scale = None
             found.sources.pop("model", None)
         settings = {"template": record.get("template"), "rating_scale": record.get("rating_scale")}
     if isinstance(settings.get("template"), str):
