@@ -51,6 +51,20 @@ def test_command_lists_flow_their_sentences() -> None:
     assert "(from the installed recbole package)" in result.output
 
 
+def test_predict_options_are_the_settings_fields() -> None:
+    """`predict`'s options are declared once, as PredictSettings' fields: each field is an option
+    (or the input argument) of the command, and the command passes one settings object on."""
+    import dataclasses
+
+    from recone_lite.predict_settings import PredictSettings
+
+    command = typer.main.get_command(app).commands["predict"]
+    names = {param.name for param in command.params}
+    assert names == {field.name for field in dataclasses.fields(PredictSettings)}
+    result = runner.invoke(app, ["predict", "--help"], env={"COLUMNS": "250"})
+    assert "--stats --no-stats" in " ".join(result.output.split())
+
+
 def test_version_names_the_stack() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "recone_lite", "version"], capture_output=True, text=True, check=True
