@@ -32,10 +32,16 @@ def quiet_progress_bars() -> None:
 def gguf_bar_on_terminals_only() -> Iterator[None]:
     """While a GGUF loads: transformers' reader draws a tqdm bar over the tensors, which in a log
     (stderr not a terminal) is written line after line. Here its bar takes tqdm's
-    `disable=None`: drawn on a terminal as before, left out of files and pipes."""
-    from transformers import modeling_gguf_pytorch_utils as reader
-
-    drawn = reader.tqdm
+    `disable=None`: drawn on a terminal as before, left out of files and pipes. A transformers
+    whose reader draws no such bar is left alone."""
+    try:
+        from transformers import modeling_gguf_pytorch_utils as reader
+    except ImportError:
+        reader = None
+    drawn = getattr(reader, "tqdm", None)
+    if drawn is None:
+        yield
+        return
     reader.tqdm = functools.partial(drawn, disable=None)
     try:
         yield
