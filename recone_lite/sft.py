@@ -38,7 +38,7 @@ from recone_lite.training import (
     Data,
     check_gpu_path,
     check_trainable,
-    fit,
+    sft_trainer,
     load_data,
     load_trainable,
     render_rows,
@@ -258,7 +258,7 @@ def train(
         monitor = make_monitor(
             record, lambda: dev_metrics(model, tokenizer, dev, recipe, data), args.eval_steps
         )
-        trainer = fit(model, tokenizer, rows, args, [monitor])
+        trainer = sft_trainer(model, tokenizer, rows, args, [monitor])
         start.started(record)
         result = run_trainer(
             trainer, monitor, record, checkpoint=checkpoint, section="sft", eval_at_start=True,

@@ -451,9 +451,10 @@ def sft_row(messages: list[dict[str, str]], answer: str) -> dict[str, Any]:
     return {"prompt": messages, "completion": [{"role": "assistant", "content": answer}]}
 
 
-def fit(model: Any, tokenizer: Any, rows: list[dict[str, Any]], args: Any,
-        callbacks: list[Any] | None = None) -> Any:
-    """An `SFTTrainer` on the rows, with the model's adapter already in place (not trained yet)."""
+def sft_trainer(model: Any, tokenizer: Any, rows: list[dict[str, Any]], args: Any,
+                callbacks: list[Any] | None = None) -> Any:
+    """An `SFTTrainer` on the rows, with the model's adapter already in place (built, not trained:
+    the caller runs `train()`)."""
     from datasets import Dataset
     from transformers import PrinterCallback
     from trl import SFTTrainer

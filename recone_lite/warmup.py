@@ -1,6 +1,8 @@
-"""GRPO's format warm-up (`warmup:` in a recipe): a few SFT steps on template traces so a tiny model
-emits the tags before `train` starts GRPO. A format warm-up, not RecOne. Here rather than in
-grpo.py or sft.py so that neither command module imports the other.
+"""GRPO's warm-up (`warmup:` in a recipe): a few SFT steps on offline traces from one of four
+teachers (`TRACES`: `template`, the tags and the true rating; `evidence`, the evidence gathered and
+the true rating; `estimate`; `mixed`) before `train` starts GRPO. Not RecOne: no teacher model
+reasons here. Here rather than in grpo.py or sft.py so that neither command module imports the
+other.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from recone_lite.config import Recipe, WarmupSection
 from recone_lite.monitor import make_monitor
 from recone_lite.rewards import completion_text
 from recone_lite.traces import evidence_answer, template_answer
-from recone_lite.training import Data, fit, kept_history, render_rows, sft_config, sft_row
+from recone_lite.training import (Data, kept_history, render_rows, sft_config, sft_row,
+                                  sft_trainer)
 
 
 def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float],
@@ -84,10 +87,10 @@ WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-
 def answer_room_problem(rows: list[dict[str, Any]], tokenizer: Any, recipe: Recipe
                         ) -> str | None:
     """Why the warm-up's answers do not fit the tokens the run then generates, or None: a model
-    that learns ~85-token answers and may write 64 is cut before `<rate>` on every dev example
-    and every rollout (coverage 0, every GRPO group flat). `warm_up` warns with it before the
-    warm-up's minutes are spent (a warning, not an error: tests and quick looks shrink both on
-    purpose)."""
+    that learns answers longer than it may write is cut before `<rate>` on every dev example and
+    every rollout (coverage 0, every GRPO group flat; docs/results.md, stop 24). `warm_up` warns
+    with it before the warm-up's minutes are spent (a warning, not an error: tests and quick
+    looks shrink both on purpose)."""
     longest = max((len(tokenizer.encode(completion_text(row["completion"]),
                                         add_special_tokens=False)) for row in rows), default=0)
     room = {"evaluation.max_new_tokens": recipe.evaluation.max_new_tokens}
@@ -127,7 +130,7 @@ def warm_up(model: Any, tokenizer: Any, recipe: Recipe, data: Data, out: Path) -
                        "per_device_train_batch_size": warmup.batch_size, "save_strategy": "no",
                        "report_to": "none", "logging_steps": max(warmup.steps // 5, 1)},
                       recipe, out / "warmup")
-    trainer = fit(model, tokenizer, rows, args, [make_monitor(None)])
+    trainer = sft_trainer(model, tokenizer, rows, args, [make_monitor(None)])
     trainer.train()
     shutil.rmtree(out / "warmup", ignore_errors=True)
     trainer.save_model(str(out / WARMUP_ADAPTER))  # the warmed-up adapter, to evaluate on its own
