@@ -689,6 +689,14 @@ class Check:
             return f"skipped: time budget spent ({max(self.left(), 0):.0f} s left)"
         return None
 
+    def blocked(self, name: str, needs: list[tuple[str, str]], cuda: bool = True,
+                after: tuple[str, ...] = ()) -> bool:
+        """Whether step `name` cannot run (`gate`); if so, its row says why."""
+        reason = self.gate(name, needs, cuda, after)
+        if reason:
+            self.add(Row(name, reason))
+        return reason is not None
+
     def failed(self, name: str, child: Child, extra: str = "") -> Row:
         if child.timed_out:
             return self.add(Row(name, "timeout", child.seconds, None,
@@ -862,9 +870,7 @@ def imports_row(c: Check) -> None:
 
 def step_model(c: Check) -> None:
     name = "tiny model"
-    reason = c.gate(name, SETUP, cuda=False)
-    if reason:
-        c.add(Row(name, reason))
+    if c.blocked(name, SETUP, cuda=False):
         return
     shape = c.args.shape if c.args.shape != "auto" else (
         "gpu" if c.env.get("cuda") and not c.args.cpu else "cpu")
@@ -967,9 +973,7 @@ def kernel_skip(c: Check) -> str | None:
 def step_grpo(c: Check) -> None:
     name = "grpo"
     needs = CORE + ([] if c.args.cpu else [("bitsandbytes", "bitsandbytes")])
-    reason = c.gate(name, needs, after=("tiny model",))
-    if reason:
-        c.add(Row(name, reason))
+    if c.blocked(name, needs, after=("tiny model",)):
         return
     run_dir = c.work / "runs" / "grpo"
     child = c.run(name, c.cli(name, "train", "--recipe", "music-grpo",
@@ -979,10 +983,8 @@ def step_grpo(c: Check) -> None:
 
 def step_sft(c: Check) -> None:
     name = "sft"
-    reason = c.gate(name, CORE + ([] if c.args.cpu else [("bitsandbytes", "bitsandbytes")]),
-                    after=("tiny model",))
-    if reason:
-        c.add(Row(name, reason))
+    if c.blocked(name, CORE + ([] if c.args.cpu else [("bitsandbytes", "bitsandbytes")]),
+                 after=("tiny model",)):
         return
     traces = c.work / "traces.jsonl"
     made = c.run(name, c.py("_cli", c.work / "logs" / "traces.probe.json", "traces", "make",
@@ -1003,9 +1005,7 @@ def step_chain(c: Check) -> None:
     """GRPO from the SFT adapter as `train --recipe music-recone` runs it (training.py continues
     the adapter through Unsloth's patch_peft_model: its kernel row should say yes)."""
     name = "grpo from sft"
-    reason = c.gate(name, CORE, after=("sft",))
-    if reason:
-        c.add(Row(name, reason))
+    if c.blocked(name, CORE, after=("sft",)):
         return
     run_dir = c.work / "runs" / "recone"
     child = c.run(name, c.cli(name, "train", "--recipe", "music-recone",
@@ -1017,9 +1017,7 @@ def step_chain(c: Check) -> None:
 def step_export(c: Check) -> None:
     name = "export"
     source = "grpo from sft" if c.done.get("grpo from sft") else "grpo"
-    reason = c.gate(name, CORE, after=(source,))
-    if reason:
-        c.add(Row(name, reason))
+    if c.blocked(name, CORE, after=(source,)):
         return
     run_dir = c.work / "runs" / ("recone" if source == "grpo from sft" else "grpo")
     merged = c.work / "merged"

@@ -278,6 +278,12 @@ def memory(torch: Any, prefix: str) -> dict[str, float]:
 # --- the run ----------------------------------------------------------------------------------
 
 
+def lora_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The one LoRA both loaders build: Unsloth's get_peft_model and peft's LoraConfig."""
+    return {"r": args.lora_r, "lora_alpha": args.lora_r, "lora_dropout": 0.0,
+            "target_modules": LORA_TARGETS, "bias": "none"}
+
+
 def load(args: argparse.Namespace, use_unsloth: bool, max_seq: int) -> tuple[Any, Any, Any]:
     """(model, tokenizer, peft_config for the trainer or None when the model is already wrapped)."""
     import torch
@@ -293,15 +299,7 @@ def load(args: argparse.Namespace, use_unsloth: bool, max_seq: int) -> tuple[Any
             fast_inference=False,
         )
         model = FastLanguageModel.get_peft_model(
-            model,
-            r=args.lora_r,
-            lora_alpha=args.lora_r,
-            lora_dropout=0.0,
-            target_modules=LORA_TARGETS,
-            bias="none",
-            use_gradient_checkpointing="unsloth",
-            random_state=0,
-        )
+            model, **lora_settings(args), use_gradient_checkpointing="unsloth", random_state=0)
         return model, tok, None
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -319,14 +317,7 @@ def load(args: argparse.Namespace, use_unsloth: bool, max_seq: int) -> tuple[Any
     else:
         kwargs["dtype"] = torch.float32
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, **kwargs)
-    peft_config = LoraConfig(
-        r=args.lora_r,
-        lora_alpha=args.lora_r,
-        lora_dropout=0.0,
-        target_modules=LORA_TARGETS,
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
+    peft_config = LoraConfig(**lora_settings(args), task_type="CAUSAL_LM")
     return model, tok, peft_config
 
 

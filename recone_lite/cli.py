@@ -71,6 +71,12 @@ def version() -> None:
 _SOURCE_HELP = f"raw format, one of: {', '.join(SOURCES)} (see docs/data.md)"
 
 
+def _count(help: str) -> Any:
+    """A typer option for a count, 0..MAX_INT: a 20-digit value is a usage error (exit 2), not an
+    overflow deep in the run."""
+    return typer.Option(min=0, max=MAX_INT, help=help)
+
+
 @data_app.command("prepare")
 def data_prepare(
     source: Annotated[str, typer.Option(help=_SOURCE_HELP, show_default=False)],
@@ -80,34 +86,24 @@ def data_prepare(
         "reason4rec")] = None,
     meta: Annotated[Path | None, typer.Option(
         help="item meta file (plain or .gz); optional, items without meta get {}")] = None,
-    k_core: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="drop users and items with fewer interactions, repeated until stable")] = 5,
-    history: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="most recent earlier interactions kept as each example's history")] = 10,
-    review_chars: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="review text is cut to this many characters")] = 300,
-    item_history: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="the target item's most recent earlier train ratings by other users, kept "
+    k_core: Annotated[int, _count(
+        "drop users and items with fewer interactions, repeated until stable")] = 5,
+    history: Annotated[int, _count(
+        "most recent earlier interactions kept as each example's history")] = 10,
+    review_chars: Annotated[int, _count("review text is cut to this many characters")] = 300,
+    item_history: Annotated[int, _count(
+        "the target item's most recent earlier train ratings by other users, kept "
         "as each example's item_history (0: none)")] = 5,
-    item_review_chars: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="item_history review text is cut to this many characters")] = 120,
-    coldstart: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="size of the cold-start pool, drawn from the train targets")] = 1000,
-    seed: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="seed of the cold-start draw")] = 0,
+    item_review_chars: Annotated[int, _count(
+        "item_history review text is cut to this many characters")] = 120,
+    coldstart: Annotated[int, _count(
+        "size of the cold-start pool, drawn from the train targets")] = 1000,
+    seed: Annotated[int, _count("seed of the cold-start draw")] = 0,
     time_cutoff: Annotated[str | None, typer.Option(
         help="split by time instead: DEV_START,TEST_START (dates like 2015-06-01 or epoch "
         "seconds, UTC)")] = None,
-    min_history: Annotated[int, typer.Option(
-        min=0, max=MAX_INT,
-        help="train targets need at least this many earlier interactions")] = 1,
+    min_history: Annotated[int, _count(
+        "train targets need at least this many earlier interactions")] = 1,
     rating_scale: Annotated[str | None, typer.Option(
         help="MIN,MAX rating scale, overriding the source's (e.g. 0.5,5)")] = None,
     salvage: Annotated[bool, typer.Option(
