@@ -19,7 +19,7 @@ the export builds the prompt the run trained on.
 Verification (on by default, verify.py): base + adapter, unmerged, and the merged model as saved
 on disk run on a few rendered prompts; their logits must agree within a tolerance for the saved
 dtype. `verify_merged` does the same for an existing merged folder. What is exported (`Source`)
-and the fit checks: export_source.py; the GGUF conversion: gguf.py.
+and the fit checks: adapter_source.py; the GGUF conversion: gguf.py.
 
 Each output is written under a temporary name beside it and renamed into place at the end: an
 interrupted or failed export (a failed verification included) leaves nothing under the final
@@ -38,7 +38,7 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import InputError, ReconeError, first_line
-from recone_lite.export_source import (
+from recone_lite.adapter_source import (
     BYTES_PER_PARAM,
     Source,
     attach_adapter,

@@ -19,7 +19,7 @@ from typing import Any
 
 from recone_lite import log
 from recone_lite.errors import InputError
-from recone_lite.export_source import (
+from recone_lite.adapter_source import (
     BYTES_PER_PARAM,
     Source,
     attach_adapter,
