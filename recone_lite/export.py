@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite import log
-from recone_lite.errors import InputError, ReconeError, first_line
 from recone_lite.adapter_source import (
     BYTES_PER_PARAM,
     Source,
@@ -49,6 +48,7 @@ from recone_lite.adapter_source import (
     skeleton,
     work_dtype,
 )
+from recone_lite.errors import InputError, ReconeError, first_line
 from recone_lite.files import atomic_path, check_target
 from recone_lite.gguf import GGUF_BYTES_PER_PARAM, convert_to_gguf, find_llama_cpp
 from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth

@@ -38,12 +38,12 @@ from recone_lite.training import (
     Data,
     check_gpu_path,
     check_trainable,
-    sft_trainer,
     load_data,
     load_trainable,
     render_rows,
     sft_config,
     sft_row,
+    sft_trainer,
 )
 
 REJECTIONS = ("no_answer", "bad_format", "wrong_rating", "leaked_hint", "unknown_id", "held_out_id")

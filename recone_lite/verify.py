@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from recone_lite import log
-from recone_lite.errors import InputError
 from recone_lite.adapter_source import (
     BYTES_PER_PARAM,
     Source,
@@ -27,6 +26,7 @@ from recone_lite.adapter_source import (
     resolve_source,
     work_dtype,
 )
+from recone_lite.errors import InputError
 from recone_lite.gpu import empty_cache
 from recone_lite.jsonl import read_jsonl
 from recone_lite.models import ModelSpec, load_model, read_recone_json

@@ -18,8 +18,7 @@ from recone_lite.config import Recipe, WarmupSection
 from recone_lite.monitor import make_monitor
 from recone_lite.rewards import completion_text
 from recone_lite.traces import evidence_answer, template_answer
-from recone_lite.training import (Data, kept_history, render_rows, sft_config, sft_row,
-                                  sft_trainer)
+from recone_lite.training import Data, kept_history, render_rows, sft_config, sft_row, sft_trainer
 
 
 def warmup_answer(example: dict[str, Any], template: str, scale: tuple[float, float],
