@@ -17,10 +17,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from recone_lite.prompts import PromptStyle
+from recone_lite.prompts import STYLE_FIELDS
 
 MAX_INT = 2**31 - 1  # integer options: a 20-digit value is a usage error, not an overflow
-PROMPT_FIELDS = tuple(f.name for f in dataclasses.fields(PromptStyle))  # each is an option below
 
 
 def _option(default: Any, help: str, *, flags: tuple[str, ...] = (), min: int | float | None = None,
@@ -37,7 +36,7 @@ class PredictSettings:
 
     >>> PredictSettings(model="m").prompt()
     {}
-    >>> set(PROMPT_FIELDS) <= {field.name for field in dataclasses.fields(PredictSettings)}
+    >>> set(STYLE_FIELDS) <= {field.name for field in dataclasses.fields(PredictSettings)}
     True
     >>> PredictSettings(stats=False, cf="mf").prompt()
     {'stats': False, 'cf': 'mf'}
@@ -113,7 +112,7 @@ class PredictSettings:
 
     def prompt(self) -> dict[str, Any]:
         """The prompt-style options given (prompts.PromptStyle's fields), by name."""
-        return {key: getattr(self, key) for key in PROMPT_FIELDS if getattr(self, key) is not None}
+        return {key: getattr(self, key) for key in STYLE_FIELDS if getattr(self, key) is not None}
 
     @classmethod
     def from_recipe(cls, recipe: Any, **given: Any) -> PredictSettings:
@@ -147,5 +146,5 @@ def recipe_options(recipe: Any) -> dict[str, Any]:
             "template": section.template, "max_prompt_tokens": section.max_prompt_tokens,
             "batch_size": recipe.evaluation.batch_size,
             "max_new_tokens": recipe.evaluation.max_new_tokens,
-            **{key: getattr(section, key) for key in PROMPT_FIELDS if key != "cf"},
+            **{key: getattr(section, key) for key in STYLE_FIELDS if key != "cf"},
             "cf": ",".join(getattr(section, "cf", None) or ())}

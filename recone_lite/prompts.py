@@ -110,6 +110,8 @@ class PromptStyle:
 
 
 DEFAULT_STYLE = PromptStyle()
+# PromptStyle's fields by name: predict's prompt options and a recipe's `data:` keys alike
+STYLE_FIELDS = tuple(field.name for field in dataclasses.fields(PromptStyle))
 
 
 def system_prompt(template: str, style: PromptStyle, lo: str, hi: str, shown: set[str]) -> str:

@@ -20,12 +20,11 @@ from typing import Any
 from recone_lite.config import DataSection, EvalSection, field_accepts
 from recone_lite.models import ModelSpec, read_recone_json
 from recone_lite.prepared import manifest_path
-from recone_lite.prompts import PromptStyle
+from recone_lite.prompts import STYLE_FIELDS, PromptStyle
 from recone_lite.run_folder import RunFolder
 from recone_lite.runs import RECIPE_YAML
 
 SETTINGS = "predict"  # the key of recone.json that holds these settings
-PROMPT_KEYS = tuple(f.name for f in dataclasses.fields(PromptStyle))  # recipe `data:` keys too
 
 
 @dataclasses.dataclass
@@ -90,7 +89,7 @@ def from_recipe(recipe: dict[str, Any], where: str) -> RunDefaults:
     if field_accepts(EvalSection, "max_new_tokens", evaluation.get("max_new_tokens")):
         found.max_new_tokens = evaluation["max_new_tokens"]
         found.sources["max_new_tokens"] = where
-    found.prompt = {key: data[key] for key in PROMPT_KEYS if data.get(key) is not None}
+    found.prompt = {key: data[key] for key in STYLE_FIELDS if data.get(key) is not None}
     if found.prompt:
         found.sources["prompt"] = where
     return found
@@ -170,7 +169,7 @@ def from_record(record: dict[str, Any], where: str | Path) -> RunDefaults:
         found.scale, found.sources["scale"] = (float(scale[0]), float(scale[1])), label
     prompt = settings.get("prompt")
     if isinstance(prompt, dict):
-        found.prompt = {key: prompt[key] for key in PROMPT_KEYS if key in prompt}
+        found.prompt = {key: prompt[key] for key in STYLE_FIELDS if key in prompt}
         found.sources["prompt"] = label
     if record.get("kind") == "adapter" and isinstance(record.get("trained_quantization"), str):
         found.quantization = record["trained_quantization"]

@@ -20,10 +20,9 @@ from training_helpers import write_prepared
 
 from recone_lite.errors import InputError
 from recone_lite.predict import predict
-from recone_lite.prompts import PromptStyle, render_prompt
+from recone_lite.prompts import STYLE_FIELDS, PromptStyle, render_prompt
 from recone_lite.run_folder import RunFolder
 from recone_lite.run_settings import (
-    PROMPT_KEYS,
     export_defaults,
     export_record,
     from_record,
@@ -82,7 +81,7 @@ def test_the_record_holds_the_whole_style_and_reads_back_tolerantly(tmp_path: Pa
                             "evaluation": {"readout": "text", "max_new_tokens": 96}},
                            "none", (1.0, 10.0))
     assert record["prompt"] == dataclasses.asdict(PromptStyle(stats=False, max_history=3))
-    assert set(record["prompt"]) == set(PROMPT_KEYS)  # every field, whatever PromptStyle holds
+    assert set(record["prompt"]) == set(STYLE_FIELDS)  # every field, whatever PromptStyle holds
     found = from_record({"kind": "merged", "predict": record}, tmp_path)
     assert PromptStyle(**found.prompt) == PromptStyle(stats=False, max_history=3)
     assert (found.template, found.max_prompt_tokens, found.max_new_tokens, found.readout,
