@@ -53,6 +53,7 @@ from recone_lite.files import atomic_path, check_target
 from recone_lite.gguf import GGUF_BYTES_PER_PARAM, convert_to_gguf, find_llama_cpp
 from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth
 from recone_lite.models import RECONE_JSON
+from recone_lite.run_folder import RunFolder
 from recone_lite.run_settings import SETTINGS, export_record, recone_json_path
 from recone_lite.runs import RECIPE_YAML
 from recone_lite.verify import check_merged, free_memory, probe, verify_merged
@@ -202,7 +203,7 @@ def write_merged(source: Source, out: Path, dtype: str, verify: bool, prompts: i
                 if not report.ok:
                     raise ReconeError(f"verification failed, nothing written to {out}: "
                                       f"{report.problem} (--no-verify writes it anyway)")
-            recipe_file = source.adapter / RECIPE_YAML
+            recipe_file = RunFolder(source.adapter).recipe_path  # a checkpoint's: its run's
             if recipe_file.is_file():
                 shutil.copyfile(recipe_file, tmp / RECIPE_YAML)
             _write_json(tmp / RECONE_JSON, _record(

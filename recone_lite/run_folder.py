@@ -6,6 +6,9 @@ as `predict --adapter RUN`, `export`, `report`, the demo and `train --recipe RUN
 only the adapter's base never trips over a corrupt run.json, and a file's error is raised by
 the command that reads it, in the order that command reads them:
 
+- `home`: the folder whose recipe.yaml and run.json describe the adapter: the folder itself, or,
+  for an adapter a run keeps inside itself (`checkpoint-N/`, `warmup-adapter/`) with no
+  recipe.yaml of its own, the run around it (the same prompt trained both).
 - `recipe`: recipe.yaml as a mapping ({} when absent or not a mapping; InputError when it is not
   YAML). It is the run's fully resolved recipe; it is read leniently, section by section
   (`section`) and field by field against the recipe schema's own checks
@@ -30,7 +33,7 @@ import yaml
 from recone_lite.errors import InputError
 from recone_lite.models import adapter_config
 from recone_lite.prepared import is_prepared, read_scale
-from recone_lite.runs import RECIPE_YAML, is_run_dir, read_run_json
+from recone_lite.runs import RECIPE_YAML, inner_adapter, is_run_dir, read_run_json
 
 
 def read_recipe_yaml(path: Path) -> dict[str, Any]:
@@ -75,9 +78,28 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
 
+    @functools.cached_property
+    def home(self) -> Path:
+        """This folder, or the run around it for a checkpoint or warm-up adapter without its
+        own recipe.yaml.
+
+        >>> import tempfile
+        >>> run = Path(tempfile.mkdtemp())
+        >>> _ = (run / "recipe.yaml").write_text("model: {name: m}\\n")
+        >>> (run / "checkpoint-8").mkdir()
+        >>> RunFolder(run / "checkpoint-8").home == run, RunFolder(run / "checkpoint-8").base
+        (True, 'm')
+        >>> RunFolder(run / "checkpoint-8").is_run  # what --overwrite may replace: only the run
+        False
+        """
+        if (not is_run_dir(self.path) and inner_adapter(self.path)
+                and is_run_dir(self.path.parent)):
+            return self.path.parent
+        return self.path
+
     @property
     def recipe_path(self) -> Path:
-        return self.path / RECIPE_YAML
+        return self.home / RECIPE_YAML
 
     @property
     def is_run(self) -> bool:
@@ -90,7 +112,7 @@ class RunFolder:
 
     @functools.cached_property
     def run(self) -> dict[str, Any]:
-        return read_run_json(self.path)
+        return read_run_json(self.home)
 
     @functools.cached_property
     def adapter_config(self) -> dict[str, Any]:

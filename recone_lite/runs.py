@@ -10,6 +10,12 @@ A run directory (`train` and `sft` write the same layout):
                                                      wall time, GPU-hours, samples, metrics, alarms
     log.jsonl                                        the trainer's log history, one line per entry
     checkpoint-N/                                    adapter + optimizer + trainer state
+    warmup-adapter/                                  the adapter as a warm-up left it (GRPO runs
+                                                     with a `warmup:` section)
+
+An adapter inside a run (`checkpoint-N/`, `warmup-adapter/`) has no recipe.yaml of its own: the
+run's describes it, so `predict --adapter RUN/checkpoint-N` serves the run's prompt
+(`run_folder.RunFolder`).
 
 Rules: a finished run is never overwritten unless `--overwrite`; a directory holding an unfinished
 run is continued only with `--resume` (from its newest complete checkpoint, to the same total step
@@ -49,6 +55,7 @@ from recone_lite.versions import stack_versions
 RUN_JSON = "run.json"
 RECIPE_YAML = "recipe.yaml"
 LOG_JSONL = "log.jsonl"
+WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 
 
@@ -56,6 +63,18 @@ def read_run_json(out: Path) -> dict[str, Any]:
     """The run's run.json ({} when there is none); a corrupt one raises InputError (one line)."""
     path = Path(out) / RUN_JSON
     return read_json_object(path) if path.is_file() else {}
+
+
+def inner_adapter(folder: Path) -> bool:
+    """Whether `folder` is an adapter a run keeps inside itself (`checkpoint-N/`,
+    `warmup-adapter/`) rather than a run of its own: the run's recipe.yaml describes it.
+
+    >>> inner_adapter(Path("runs/x/checkpoint-8")), inner_adapter(Path("runs/x/warmup-adapter"))
+    (True, True)
+    >>> inner_adapter(Path("runs/checkpoints")), inner_adapter(Path("exports/x"))
+    (False, False)
+    """
+    return bool(_CHECKPOINT.fullmatch(folder.name)) or folder.name == WARMUP_ADAPTER
 
 
 def is_run_dir(folder: Path) -> bool:

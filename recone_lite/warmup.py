@@ -17,6 +17,7 @@ from recone_lite import log
 from recone_lite.config import Recipe, WarmupSection
 from recone_lite.monitor import make_monitor
 from recone_lite.rewards import completion_text
+from recone_lite.runs import WARMUP_ADAPTER
 from recone_lite.traces import evidence_answer, template_answer
 from recone_lite.training import Data, kept_history, render_rows, sft_config, sft_row, sft_trainer
 
@@ -80,7 +81,6 @@ TRACES = {"template": "template traces (format only)",
           "mixed": "mixed traces (half ending in the estimate, half in it rounded to a whole star)"}
 assert set(TRACES) == set(get_args(WarmupSection.model_fields["teacher"].annotation))
 
-WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 
 
 def answer_room_problem(rows: list[dict[str, Any]], tokenizer: Any, recipe: Recipe

@@ -75,6 +75,27 @@ def test_a_run_folder_reads_each_file_when_asked_and_skips_what_its_schema_refus
         folder.run.get("status")
 
 
+def test_a_checkpoint_or_warm_up_adapter_serves_the_prompt_of_its_run(tmp_path: Path) -> None:
+    """`predict --adapter RUN/checkpoint-N` (or RUN/warmup-adapter) reads the run's recipe.yaml:
+    without it a GGUF-based run's checkpoint pointed at the package folder (no tokenizer) and a
+    hub-based one was served the default prompt, not the one it was trained on. A folder of
+    the same name outside a run has only its adapter config to go by."""
+    run = adapter_folder(tmp_path / "run", {
+        "model": {"name": "org/trained"}, "data": {"template": "none", "item_history": 5},
+        "evaluation": {"max_new_tokens": 10, "readout": "expected"}})
+    (run / "run.json").write_text(json.dumps({"status": "finished", "kind": "grpo"}))
+    for inner in ("checkpoint-8", "warmup-adapter"):
+        found = run_defaults(adapter_folder(run / inner))
+        assert (found.model, found.template, found.max_new_tokens, found.readout) == (
+            "org/trained", "none", 10, "expected")
+        assert found.prompt == {"item_history": 5}
+        assert found.source("template") == str(run / "recipe.yaml")
+        folder = RunFolder(run / inner)
+        assert folder.run["kind"] == "grpo" and not folder.is_run
+    alone = run_defaults(adapter_folder(tmp_path / "elsewhere" / "checkpoint-8"))
+    assert (alone.model, alone.template) == ("org/base", None)
+
+
 def test_the_record_holds_the_whole_style_and_reads_back_tolerantly(tmp_path: Path) -> None:
     record = export_record({"data": {"template": "none", "stats": False, "max_history": 3,
                                      "max_prompt_tokens": 300},
