@@ -34,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recone_lite import grpo, warmup  # noqa: E402
+from recone_lite import grpo  # noqa: E402
 from recone_lite.baselines import LABELS, baseline_predictions, fit_on_train  # noqa: E402
 from recone_lite.config import load_recipe  # noqa: E402
 from recone_lite.data.prepare import Options, prepare  # noqa: E402
@@ -43,7 +43,7 @@ from recone_lite.metrics import fmt_metric, paired_bootstrap, summarize  # noqa:
 from recone_lite.predict import predict, recipe_options  # noqa: E402
 from recone_lite.prepared import iter_split  # noqa: E402
 from recone_lite.prompts import stats_estimate  # noqa: E402
-from recone_lite.runs import read_run_json  # noqa: E402
+from recone_lite.runs import WARMUP_ADAPTER, read_run_json  # noqa: E402
 from recone_lite.training import newest_per_user  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                    recipe_name=args.recipe)
         timings["train_s"] = time.perf_counter() - started
         run = read_run_json(args.out)
-    for stage, adapter in (("warmup", args.out / warmup.WARMUP_ADAPTER), ("grpo", args.out)):
+    for stage, adapter in (("warmup", args.out / WARMUP_ADAPTER), ("grpo", args.out)):
         timings[f"predict_{stage}_s"] = predict_stage(recipe, requests, adapter,
                                                       predictions / f"{stage}{suffix}.jsonl")
     stages = {}
