@@ -82,7 +82,6 @@ TRACES = {"template": "template traces (format only)",
 assert set(TRACES) == set(get_args(WarmupSection.model_fields["teacher"].annotation))
 
 
-
 def answer_room_problem(rows: list[dict[str, Any]], tokenizer: Any, recipe: Recipe
                         ) -> str | None:
     """Why the warm-up's answers do not fit the tokens the run then generates, or None: a model
