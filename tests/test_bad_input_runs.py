@@ -6,12 +6,14 @@ holds an `--out`. Real files, real processes; the slow test trains the 2-layer f
 from __future__ import annotations
 
 import json
+import os
 import signal
 import struct
 import subprocess
 import sys
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -324,14 +326,22 @@ def prepare_command(reviews: Path, out: Path) -> list[str]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signalled_prepare_leaves_nothing(reviews: Path, tmp_path: Path, sig: int) -> None:
+    # `sig` starts at its default action in the prepare, as a Ctrl-C or a `kill` from a terminal
+    # finds it: pytest run as a script's background job (`&`) ignores SIGINT, and its children too.
     process = subprocess.Popen(prepare_command(reviews, tmp_path / "out"),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               preexec_fn=partial(signal.signal, sig, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob(".out.*.tmp")):
         assert process.poll() is None, process.stderr.read().decode()
         assert time.monotonic() < deadline
         time.sleep(0.01)
+    process.send_signal(signal.SIGSTOP)  # held in its temporary phase, so `sig` comes before
+    _, status = os.waitpid(process.pid, os.WUNTRACED)  # back once it is stopped (or ended)
+    assert os.WIFSTOPPED(status), "the prepare ended before it was stopped"
+    assert not (tmp_path / "out").exists(), "the prepare renamed its output before the stop"
     process.send_signal(sig)
+    process.send_signal(signal.SIGCONT)
     code = process.wait(timeout=60)
     assert code != 0 and "Traceback" not in process.stderr.read().decode()
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no out, no temp folder, no lock
