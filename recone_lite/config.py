@@ -147,7 +147,8 @@ class Recipe(Strict):
     model: ModelSpec
     data: DataSection
     lora: LoraSection = LoraSection()
-    rewards: list[Literal["format", "answer", "squared", "correct"]] = ["format", "answer"]
+    rewards: list[Literal["format", "answer", "squared", "correct", "group_mean"]] = [
+        "format", "answer"]
     init_adapter: str | None = Field(None, description="start from this adapter (RecOne: SFT)")
     warmup: WarmupSection | None = None
     evaluation: EvalSection = EvalSection()

@@ -25,7 +25,7 @@ from recone_lite.prompts import TEMPLATE_BLOCKS
 
 FORMAT_REWARD = 0.5  # +0.5 for a well-formed answer, -0.5 otherwise
 CORRECT_REWARD = 2.0  # the correctness-only ablation: 2 when round(y_hat) == y
-REWARDS = ("format", "answer", "squared", "correct")
+REWARDS = ("format", "answer", "squared", "correct", "group_mean")
 
 _NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
 _ANSWER = re.compile(rf"\s*({_NUMBER})\s*(?:/\s*({_NUMBER})\s*)?")
@@ -231,6 +231,43 @@ def correct_reward(predicted: float | None, truth: float, scale: tuple[float, fl
     return CORRECT_REWARD if round_half_up(clip(predicted, scale)) == float(truth) else 0.0
 
 
+def group_mean_rewards(predicted: Sequence[float | None], truth: float,
+                       scale: tuple[float, float]) -> list[float]:
+    """(y - m) * (y_hat_i - m) / (max - min)^2 per rollout of ONE prompt, m the mean of the
+    other rollouts' clipped ratings; 0 for a rollout without a rating or without another to
+    compare with.
+
+    Why: the `expected` readout scores the mean of the model's rating distribution, and any
+    reward of one sampled answer (`squared` included) is maximised by putting all the mass on one
+    star, which sharpens the distribution instead of moving its mean. This reward pays a rollout
+    for pulling its group's mean toward the truth: with m from the others (independent of this
+    rollout), its policy gradient is -1/2 the gradient of (y - E[y_hat])^2 / (max - min)^2,
+    the squared error of the readout itself, and it has no first-order pull toward one star.
+    The range is -1 to 1.
+
+    >>> s = (1.0, 5.0)
+    >>> [round(r, 4) for r in group_mean_rewards([3.0, 3.0, 5.0, 4.0], 5.0, s)]  # low: up pays
+    [-0.0625, -0.0625, 0.1736, 0.0278]
+    >>> group_mean_rewards([4.0, 4.0, 4.0, 4.0], 5.0, s)  # one star everywhere: nothing to pull
+    [0.0, 0.0, 0.0, 0.0]
+    >>> group_mean_rewards([9.0, None, 1.0], 1.0, s)  # 9 is clipped to 5; no rating pays 0
+    [0.0, 0.0, 1.0]
+    >>> group_mean_rewards([4.0], 4.0, s)  # no other rollout to compare with
+    [0.0]
+    """
+    clipped = [None if y_hat is None else clip(y_hat, scale) for y_hat in predicted]
+    rated = [y_hat for y_hat in clipped if y_hat is not None]
+    span = float(scale[1]) - float(scale[0])
+    rewards = []
+    for y_hat in clipped:
+        if y_hat is None or len(rated) < 2:
+            rewards.append(0.0)
+            continue
+        mean = (sum(rated) - y_hat) / (len(rated) - 1)
+        rewards.append((float(truth) - mean) * (y_hat - mean) / span**2)
+    return rewards
+
+
 def _truths(rating: Sequence[float] | None, completions: Sequence[Any]) -> list[float]:
     if rating is None:
         raise ValueError("the reward needs the true rating: the dataset has no 'rating' column")
@@ -313,11 +350,42 @@ def reward_correct(
     return _scored(correct_reward, completions, rating, scale)
 
 
+def reward_group_mean(
+    prompts: Any,
+    completions: Sequence[Any],
+    rating: Sequence[float] | None = None,
+    scale: tuple[float, float] = (1.0, 5.0),
+    id: Sequence[Any] | None = None,  # noqa: A002 (the dataset's column name)
+    **columns: Any,
+) -> list[float]:
+    """`group_mean_rewards` over each prompt's rollouts, grouped by the `id` column (by the
+    prompt where there is none), so it needs a prompt's rollouts in one call: true of TRL's
+    GRPO on one process, where a step's generations are scored together.
+
+    >>> rollouts = ["<rate>5</rate>", "<rate>2</rate>", "<rate>3</rate>", "<rate>4</rate>", "5"]
+    >>> reward_group_mean(["p", "q", "p", "q", "p"], rollouts, rating=[2, 3, 2, 3, 2])
+    [-0.125, 0.125, 0.375, 0.125, 0.0]
+    """
+    truths = _truths(rating, completions)
+    keys = [repr(key) for key in (id if id is not None else prompts)]
+    if len(keys) != len(completions):
+        raise ValueError(f"{len(keys)} ids for {len(completions)} completions")
+    rewards = [0.0] * len(completions)
+    for key in dict.fromkeys(keys):
+        rows = [i for i, k in enumerate(keys) if k == key]
+        predicted = [parse_rating(completion_text(completions[i]), scale) for i in rows]
+        for i, reward in zip(rows, group_mean_rewards(predicted, truths[rows[0]], scale),
+                             strict=True):
+            rewards[i] = reward
+    return rewards
+
+
 _FUNCTIONS: dict[str, Callable[..., list[float]]] = {
     "format": reward_format,
     "answer": reward_answer,
     "squared": reward_squared,
     "correct": reward_correct,
+    "group_mean": reward_group_mean,
 }
 assert tuple(_FUNCTIONS) == REWARDS
 

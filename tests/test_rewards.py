@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from recone_lite.errors import InputError
@@ -9,11 +11,13 @@ from recone_lite.rewards import (
     REWARDS,
     completion_text,
     format_ok,
+    group_mean_rewards,
     parse_rating,
     reward_answer,
     reward_correct,
     reward_format,
     reward_functions,
+    squared_reward,
 )
 
 GOOD = (
@@ -243,3 +247,60 @@ def test_docs_show_the_reczero_system_prompt() -> None:
         pytest.skip("docs/method.md is not in this checkout")
     system = build_messages({"history": [], "target": {}}, "reczero", (1.0, 5.0))[0]["content"]
     assert system in doc.read_text(encoding="utf-8")
+
+
+def _grpo_step(p: list[float], truth_probs: list[float], reward, group: int = 4):
+    """Change in mean and variance of a distribution p over the stars 1..5 after one small GRPO
+    step on its logits, in expectation over every group of `group` rollouts and every truth
+    (advantages (r - mean) / (std + 1e-4) per group, as TRL computes them)."""
+    import itertools
+
+    gradient = [0.0] * 5
+    for truth, p_truth in enumerate(truth_probs, start=1):
+        for combo in itertools.product(range(5), repeat=group):
+            weight = p_truth * math.prod(p[k] for k in combo)
+            rewards = reward([float(k + 1) for k in combo], float(truth))
+            mean = sum(rewards) / group
+            std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (group - 1))
+            for k, r in zip(combo, rewards, strict=True):  # d log p_k / d logits = e_k - p
+                for j in range(5):
+                    gradient[j] += weight * (r - mean) / (std + 1e-4) * ((j == k) - p[j])
+    dot = sum(p[j] * gradient[j] for j in range(5))
+    dp = [p[j] * (gradient[j] - dot) for j in range(5)]  # the softmax's Jacobian
+    mu = sum((j + 1) * p[j] for j in range(5))
+    d_mean = sum((j + 1) * dp[j] for j in range(5))
+    return d_mean, sum((j + 1) ** 2 * dp[j] for j in range(5)) - 2 * mu * d_mean
+
+
+def test_group_mean_moves_the_mean_where_squared_sharpens() -> None:
+    scale = (1.0, 5.0)
+    p = [0.1, 0.2, 0.3, 0.3, 0.1]  # mean 3.1
+
+    def group_mean(predicted, truth):
+        return group_mean_rewards(predicted, truth, scale)
+
+    def squared(predicted, truth):
+        return [squared_reward(y_hat, truth, scale) for y_hat in predicted]
+
+    for reward in (group_mean, squared):  # a truth above the mean pulls it up, below down
+        assert _grpo_step(p, [0, 0, 0, 0, 1], reward)[0] > 0.1
+        assert _grpo_step(p, [1, 0, 0, 0, 0], reward)[0] < -0.1
+    # Truths drawn from p itself: the expected readout is already right. The squared reward
+    # still narrows the distribution; group_mean barely touches it.
+    calibrated_gm = _grpo_step(p, p, group_mean)
+    calibrated_sq = _grpo_step(p, p, squared)
+    assert calibrated_sq[1] < -0.2
+    assert abs(calibrated_gm[1]) < 0.05 * abs(calibrated_sq[1])
+    assert abs(calibrated_gm[0]) < 0.5 * abs(calibrated_sq[0])
+
+
+def test_group_mean_groups_rollouts_by_id_through_trl_convention() -> None:
+    group_mean = reward_functions(["group_mean"], "none")[0]
+    completions = ["<rate>5</rate>", "<rate>2</rate>", "<rate>3</rate>", "<rate>4</rate>"]
+    by_id = group_mean(prompts=["same"] * 4, completions=completions, rating=[2, 3, 2, 3],
+                       id=["a", "b", "a", "b"], trainer_state=None)
+    by_prompt = group_mean(prompts=["p", "q", "p", "q"], completions=completions,
+                           rating=[2, 3, 2, 3])
+    # a (truth 2): 5 beside 3 scores (2 - 3)(5 - 3) / 16, 3 beside 5 scores (2 - 5)(3 - 5) / 16
+    assert by_id == by_prompt == [-0.125, 0.125, 0.375, 0.125]
+    assert group_mean(prompts=["p"], completions=["<rate>3</rate>"], rating=[3]) == [0.0]
