@@ -138,8 +138,8 @@ def recipe_options(recipe: Any) -> dict[str, Any]:
 
     >>> from recone_lite.config import load_recipe
     >>> options = recipe_options(load_recipe("cpu-quality"))
-    >>> options["model"], options["max_new_tokens"], options["item_history"]
-    ('smollm2-135m-gguf', 10, 5)
+    >>> options["model"], options["max_new_tokens"], options["max_history"]
+    ('smollm2-135m-gguf', 10, 1)
     """
     section = recipe.data
     return {"model": recipe.model.name, "gguf_file": recipe.model.gguf_file,
