@@ -370,9 +370,11 @@ def reward_group_mean(
     keys = [repr(key) for key in (id if id is not None else prompts)]
     if len(keys) != len(completions):
         raise ValueError(f"{len(keys)} ids for {len(completions)} completions")
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
     rewards = [0.0] * len(completions)
-    for key in dict.fromkeys(keys):
-        rows = [i for i, k in enumerate(keys) if k == key]
+    for rows in groups.values():
         predicted = [parse_rating(completion_text(completions[i]), scale) for i in rows]
         for i, reward in zip(rows, group_mean_rewards(predicted, truths[rows[0]], scale),
                              strict=True):
