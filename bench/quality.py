@@ -30,7 +30,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-quality")
     parser.add_argument("--test-limit", type=int, default=None, help="first N test examples")
     parser.add_argument("--retrain", action="store_true", help="train again over a finished run")
+    parser.add_argument("--rescore", action="store_true",
+                        help="score the finished run and the predictions already written again "
+                        "(no training, no predicting); the timings stay those --results measured")
     parser.add_argument("--results", type=Path,
                         default=ROOT / "bench" / "results" / "quality-ml100k.json")
     parser.add_argument("--docs", type=Path, default=ROOT / "docs" / "results.md",
@@ -107,17 +110,51 @@ def score(rows: list[dict[str, Any]], examples: list[dict[str, Any]], scale: tup
     return result
 
 
-def prompt_numbers(example: dict[str, Any], cf: list[str], scale: tuple[float, float]
-                   ) -> list[float]:
-    """The numbers a prompt shows, as features: the cf predictions it shows, the stats means
-    (the global mean where a mean is missing), the estimate, and the mean of the item's earlier
-    ratings by others."""
+def prompt_numbers(example: dict[str, Any], data: Any, scale: tuple[float, float]
+                   ) -> tuple[list[str], list[float]]:
+    """The numbers a prompt in the recipe's `data:` style shows, as named features: the cf
+    predictions it shows, the stats means (the global mean where one is missing) and the
+    estimate when it shows the stats line, and the mean of the item's earlier ratings by others
+    when it shows them (the newest `item_history`, as the prompt does).
+
+    >>> from types import SimpleNamespace as Data
+    >>> example = {"cf": {"mf": 3.9, "knn": 4.1}, "item_history": [{"rating": 2}, {"rating": 4}],
+    ...            "stats": {"user_mean": 4.0, "item_mean": None, "global_mean": 3.5}}
+    >>> prompt_numbers(example, Data(cf=["mf"], stats=False, item_history=0), (1.0, 5.0))
+    (['mf'], [3.9])
+    >>> prompt_numbers(example, Data(cf=[], stats=True, item_history=1), (1.0, 5.0))[1]
+    [4.0, 3.5, 3.5, 3.5, 4.0]
+    """
     stats = example.get("stats") or {}
     mu = float(stats.get("global_mean") or sum(scale) / 2)
-    others = [float(e["rating"]) for e in example.get("item_history") or []]
-    return [float((example.get("cf") or {}).get(name, mu)) for name in cf] + [
-        float(stats.get("user_mean") or mu), float(stats.get("item_mean") or mu), mu,
-        float(stats_estimate(stats, scale) or mu), sum(others) / len(others) if others else mu]
+    names = list(data.cf)
+    values = [float((example.get("cf") or {}).get(name, mu)) for name in names]
+    if data.stats:
+        names += ["user_mean", "item_mean", "global_mean", "estimate"]
+        values += [float(stats.get("user_mean") or mu), float(stats.get("item_mean") or mu), mu,
+                   float(stats_estimate(stats, scale) or mu)]
+    if data.item_history:
+        shown = [float(e["rating"]) for e in (example.get("item_history") or [])
+                 ][-data.item_history:]
+        names.append("item_history_mean")
+        values.append(sum(shown) / len(shown) if shown else mu)
+    return names, values
+
+
+def least_squares(features: list[list[float]], truths: list[float]) -> Any:
+    """Least-squares weights of the features and an intercept (the intercept last)."""
+    import numpy as np
+
+    design = np.c_[np.asarray(features, dtype=float), np.ones(len(features))]
+    return np.linalg.lstsq(design, np.asarray(truths, dtype=float), rcond=None)[0]
+
+
+def apply(weights: Any, features: list[list[float]], scale: tuple[float, float]) -> list[float]:
+    """The fitted line on new rows, clipped to the scale."""
+    import numpy as np
+
+    design = np.c_[np.asarray(features, dtype=float), np.ones(len(features))]
+    return np.clip(design @ weights, *scale).tolist()
 
 
 def blend(recipe: Any, data: Path, examples: list[dict[str, Any]], scale: tuple[float, float]
@@ -125,19 +162,44 @@ def blend(recipe: Any, data: Path, examples: list[dict[str, Any]], scale: tuple[
     """Least squares of the prompt's numbers fitted on the examples the model trains on (each
     user's newest `data.train_recent` train examples, whose cf is out of fold), applied to
     `examples`: what ten lines do with the same evidence the model is shown."""
-    import numpy as np
-
-    cf = list(recipe.data.cf)
     pool = list(newest_per_user(iter_split(data, recipe.data.train_split),
                                 recipe.data.train_recent or 10**9))
-    features = np.array([prompt_numbers(e, cf, scale) + [1.0] for e in pool])
-    weights = np.linalg.lstsq(features, np.array([float(e["rating"]) for e in pool]),
-                              rcond=None)[0]
-    test = np.array([prompt_numbers(e, cf, scale) + [1.0] for e in examples])
-    names = [*cf, "user_mean", "item_mean", "global_mean", "estimate", "item_history_mean", "1"]
-    return (np.clip(test @ weights, *scale).tolist(),
-            {"fitted_on": len(pool), "weights": dict(zip(names, np.round(weights, 4).tolist(),
+    names = prompt_numbers(pool[0], recipe.data, scale)[0]
+    weights = least_squares([prompt_numbers(e, recipe.data, scale)[1] for e in pool],
+                            [float(e["rating"]) for e in pool])
+    return (apply(weights, [prompt_numbers(e, recipe.data, scale)[1] for e in examples], scale),
+            {"fitted_on": len(pool), "weights": dict(zip([*names, "1"],
+                                                         [round(float(w), 4) for w in weights],
                                                          strict=True))})
+
+
+def added_information(recipe: Any, data: Path, dev_rows: list[dict[str, Any]],
+                      test_rows: list[dict[str, Any]], examples: list[dict[str, Any]],
+                      scale: tuple[float, float], fallback: float) -> dict[str, Any]:
+    """Does the model know more than the numbers in its prompt? Two least-squares stacks fitted
+    on the same dev rows (the run's dev predictions): the prompt's numbers alone, and the numbers
+    with the model's prediction as one more feature, both scored on test with a paired bootstrap.
+    If the model only re-weighted its evidence, the second stack is no better out of sample; a
+    better one means its prediction carries what the numbers do not (the model's weight says how
+    much). Dev fits it, test scores it: dev is never test."""
+    by_id = {e["id"]: e for e in iter_split(data, recipe.data.eval_split)}
+    dev = [r for r in dev_rows if r.get("id") in by_id]
+    value = lambda r: fallback if r.get("rating") is None else float(r["rating"])  # noqa: E731
+    numbers = [prompt_numbers(by_id[r["id"]], recipe.data, scale)[1] for r in dev]
+    truths = [float(r["truth"]) for r in dev]
+    alone = least_squares(numbers, truths)
+    stacked = least_squares([n + [value(r)] for n, r in zip(numbers, dev, strict=True)], truths)
+    test_numbers = [prompt_numbers(e, recipe.data, scale)[1] for e in examples]
+    model = filled(test_rows, examples, "rating", fallback)
+    a = apply(stacked, [n + [m] for n, m in zip(test_numbers, model, strict=True)], scale)
+    b = apply(alone, test_numbers, scale)
+    test_truths = [float(e["rating"]) for e in examples]
+    return {"fitted_on_dev": len(dev), "model_weight": round(float(stacked[-2]), 4),
+            "numbers_and_model": {k: summarize(a, test_truths, scale, fallback)[k]
+                                  for k in ("mae", "rmse")},
+            "numbers_alone": {k: summarize(b, test_truths, scale, fallback)[k]
+                              for k in ("mae", "rmse")},
+            "bootstrap": {"n": len(examples), **paired_bootstrap(a, b, test_truths, scale)}}
 
 
 def filled(rows: list[dict[str, Any]], examples: list[dict[str, Any]], key: str,
@@ -183,6 +245,20 @@ def table(results: dict[str, Any]) -> str:
                      f"{fmt_metric(metrics.get('rmse'))} | {fmt_metric(metrics.get('coverage'))} "
                      f"| {fmt_metric(metrics.get('text_mae'))} | "
                      f"{fmt_metric(metrics.get('text_rmse'))} |")
+    added = results.get("added_information") or {}
+    if added:
+        lines += ["", "Does the model know more than its prompt's numbers? Least squares fitted on "
+                  "the run's dev predictions, scored on test:", "",
+                  "| test, stacked on dev | MAE | RMSE | the model's weight |", "|---|---|---|---|"]
+        first = next(iter(added.values()))
+        lines.append(f"| the prompt's numbers (n = {first['fitted_on_dev']} dev rows) | "
+                     f"{fmt_metric(first['numbers_alone']['mae'])} | "
+                     f"{fmt_metric(first['numbers_alone']['rmse'])} | - |")
+        for stage, result in added.items():
+            lines.append(f"| the numbers + the {stage} model | "
+                         f"{fmt_metric(result['numbers_and_model']['mae'])} | "
+                         f"{fmt_metric(result['numbers_and_model']['rmse'])} | "
+                         f"{result['model_weight']:.2f} |")
     lines += ["", f"Paired bootstrap, A minus B (negative: A is better), {results.get('readout')}"
               " readout, 95% intervals:", *bootstrap_lines(results.get("bootstrap", {}))]
     return "\n".join(lines)
@@ -200,10 +276,36 @@ def write_docs(path: Path, text: str) -> None:
     path.write_text(page, encoding="utf-8")
 
 
+def usage_error(message: str) -> NoReturn:
+    """One line on stderr and exit 2 (bad usage or input)."""
+    print(f"bench/quality.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def rescore_timings(args: argparse.Namespace, run: dict[str, Any], predictions: Path,
+                    suffix: str, n: int) -> tuple[dict[str, float], float]:
+    """For --rescore: the timings and wall time that --results recorded when they were measured,
+    after checking that the run finished and that every stage predicted all `n` examples (exit 2
+    naming what is missing; nothing is trained or predicted)."""
+    if run.get("status") != "finished":
+        usage_error(f"--rescore: {args.out} holds no finished run")
+    for stage in ("before", "warmup", "grpo"):
+        path = predictions / f"{stage}{suffix}.jsonl"
+        count = sum(1 for _ in read_jsonl(path)) if path.is_file() else 0
+        if count < n:
+            usage_error(f"--rescore: {path} has {count} of {n} rows")
+    try:
+        measured = json.loads(args.results.read_text(encoding="utf-8"))
+        return dict(measured["timings_s"]), float(measured["wall_s"])
+    except (OSError, ValueError, KeyError) as error:
+        usage_error(f"--rescore: {args.results}: no measured timings ({error})")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     clock = time.perf_counter()
     timings: dict[str, float] = {}
+    measured_wall = 0.0
     if not (args.data / "manifest.json").is_file():
         prepare("recbole-ml-100k", None, None, args.data, Options(cf="auto"))
     recipe = load_recipe(args.recipe, [f"data.dir={args.data}", f"output_dir={args.out}",
@@ -231,20 +333,23 @@ def main(argv: list[str] | None = None) -> int:
     baselines["blend"] = {"mae": report["mae"], "rmse": report["rmse"]}
 
     predictions = args.out.parent / f"{args.out.name}-predictions"
-    predictions.mkdir(parents=True, exist_ok=True)
     suffix = f"-first{args.test_limit}" if args.test_limit else ""
-    timings["predict_before_s"] = predict_stage(recipe, requests, None,
-                                                predictions / f"before{suffix}.jsonl")
     run = read_run_json(args.out)
-    if run.get("status") != "finished" or args.retrain:
-        started = time.perf_counter()
-        grpo.train(recipe, resume=bool(run) and not args.retrain, overwrite=args.retrain,
-                   recipe_name=args.recipe)
-        timings["train_s"] = time.perf_counter() - started
-        run = read_run_json(args.out)
-    for stage, adapter in (("warmup", args.out / WARMUP_ADAPTER), ("grpo", args.out)):
-        timings[f"predict_{stage}_s"] = predict_stage(recipe, requests, adapter,
-                                                      predictions / f"{stage}{suffix}.jsonl")
+    if args.rescore:
+        timings, measured_wall = rescore_timings(args, run, predictions, suffix, len(examples))
+    else:
+        predictions.mkdir(parents=True, exist_ok=True)
+        timings["predict_before_s"] = predict_stage(recipe, requests, None,
+                                                    predictions / f"before{suffix}.jsonl")
+        if run.get("status") != "finished" or args.retrain:
+            started = time.perf_counter()
+            grpo.train(recipe, resume=bool(run) and not args.retrain, overwrite=args.retrain,
+                       recipe_name=args.recipe)
+            timings["train_s"] = time.perf_counter() - started
+            run = read_run_json(args.out)
+        for stage, adapter in (("warmup", args.out / WARMUP_ADAPTER), ("grpo", args.out)):
+            timings[f"predict_{stage}_s"] = predict_stage(recipe, requests, adapter,
+                                                          predictions / f"{stage}{suffix}.jsonl")
     stages = {}
     for stage in ("before", "warmup", "grpo"):
         rows = [row for _, row in read_jsonl(predictions / f"{stage}{suffix}.jsonl")]
@@ -272,11 +377,21 @@ def main(argv: list[str] | None = None) -> int:
             "n": len(after), **paired_bootstrap([value(r) for r in after],
                                                 [value(before[r["id"]]) for r in after],
                                                 dev_truths, scale)}
+    added = {}
+    for stage, dev_file in (("warmup", dev_before), ("grpo", dev_after)):
+        if dev_file.is_file():
+            added[stage] = added_information(
+                recipe, args.data, [r for _, r in read_jsonl(dev_file)],
+                [r for _, r in read_jsonl(predictions / f"{stage}{suffix}.jsonl")], examples,
+                scale, fallback)
+            bootstrap[f"test: numbers + {stage} model - numbers alone, both stacked on dev"] = \
+                added[stage]["bootstrap"]
     results = {
         "bench": "quality-ml100k",
         "readout": readout,
         "bootstrap": bootstrap,
         "blend": blend_note,
+        "added_information": added,
         "recipe": args.recipe,
         "overrides": args.overrides,
         "test_n": len(examples),
@@ -288,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         "run": {key: run.get(key) for key in ("warmup", "global_step", "wall_time_s",
                                               "mean_step_time_s", "versions", "seed")},
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
-        "wall_s": round(time.perf_counter() - clock, 1),
+        "wall_s": measured_wall if args.rescore else round(time.perf_counter() - clock, 1),
+        **({"rescored": True} if args.rescore else {}),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     command = " ".join(["python bench/quality.py", *args.overrides]
                        + ([f"--test-limit {args.test_limit}"] if args.test_limit else []))
+    rescored = f", scored again by `{command} --rescore`" if args.rescore else ""
     write_docs(args.docs, text + f"\n\nMeasured by `{command}` ({results['wall_s'] / 60:.0f} min "
-               f"on {results['machine']['cpus']} cores); the JSON is {args.results.name}.")
+               f"on {results['machine']['cpus']} cores{rescored}); the JSON is "
+               f"{args.results.name}.")
     return 0
 
 
