@@ -32,6 +32,11 @@ from pydantic import (
 
 from recone_lite.errors import InputError, first_line, validation_problem
 from recone_lite.models import ModelSpec
+from recone_lite.rewards import REWARDS
+
+# A recipe's reward names, checked against rewards.REWARDS, their one home (the Literal is built
+# from it, so the error names the choices: "rewards.0: Input should be 'format', ... or ...").
+RewardName = Literal[REWARDS]  # type: ignore[valid-type]
 
 
 class Strict(BaseModel):
@@ -147,8 +152,7 @@ class Recipe(Strict):
     model: ModelSpec
     data: DataSection
     lora: LoraSection = LoraSection()
-    rewards: list[Literal["format", "answer", "squared", "correct", "group_mean"]] = [
-        "format", "answer"]
+    rewards: list[RewardName] = ["format", "answer"]
     init_adapter: str | None = Field(None, description="start from this adapter (RecOne: SFT)")
     warmup: WarmupSection | None = None
     evaluation: EvalSection = EvalSection()

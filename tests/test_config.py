@@ -77,6 +77,18 @@ def test_override_with_unknown_key_is_an_error(recipe_file: Path) -> None:
         load_recipe(str(recipe_file), ["lora.rnk=4"])
 
 
+def test_the_rewards_field_takes_exactly_the_reward_functions_names(recipe_file: Path) -> None:
+    from recone_lite.rewards import REWARDS
+
+    for name in REWARDS:
+        assert load_recipe(str(recipe_file), [f"rewards=[format,{name}]"]).rewards[1] == name
+    with pytest.raises(InputError) as err:
+        load_recipe(str(recipe_file), ["rewards=[format,accuracy]"])
+    choices = ", ".join(repr(name) for name in REWARDS[:-1]) + f" or {REWARDS[-1]!r}"
+    assert str(err.value).splitlines() == [
+        f"override 'rewards=[format,accuracy]': rewards.1: Input should be {choices}"]
+
+
 def test_extends_merges_parent_and_child(recipe_file: Path) -> None:
     child = recipe_file.parent / "child.yaml"
     child.write_text("extends: base.yaml\nlora:\n  alpha: 64\n")
