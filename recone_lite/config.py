@@ -32,11 +32,13 @@ from pydantic import (
 
 from recone_lite.errors import InputError, first_line, validation_problem
 from recone_lite.models import ModelSpec
+from recone_lite.prompts import TEMPLATES
 from recone_lite.rewards import REWARDS
 
 # A recipe's reward names, checked against rewards.REWARDS, their one home (the Literal is built
 # from it, so the error names the choices: "rewards.0: Input should be 'format', ... or ...").
 RewardName = Literal[REWARDS]  # type: ignore[valid-type]
+TemplateName = Literal[TEMPLATES]  # type: ignore[valid-type]  # prompts.TEMPLATE_BLOCKS' keys
 
 
 class Strict(BaseModel):
@@ -47,7 +49,7 @@ class DataSection(Strict):
     """Where the prepared data set lives and how prompts are rendered from it."""
 
     dir: str = Field(description="prepared data directory (from `recone-lite data prepare`)")
-    template: Literal["reczero", "think", "none"] = "reczero"
+    template: TemplateName = "reczero"
     max_prompt_tokens: int = Field(2048, gt=0)
     train_split: str = "train"
     eval_split: str = "dev"
