@@ -12,13 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import fnmatch
 import os
 import shutil
 import signal
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,17 +141,64 @@ def holds_cwd(path: str | Path) -> bool:
 
 
 Markers = str | tuple[str, ...]
+Layout = tuple[str, ...]  # fnmatch patterns: every entry a command writes in its own folder
 
 
 def _names(marker: Markers) -> tuple[str, ...]:
     return (marker,) if isinstance(marker, str) else tuple(marker)
 
 
-def folder_problem(out: Path, marker: Markers | None) -> str | None:
+def foreign_entry(out: Path, layout: Layout) -> str | None:
+    """The first entry of the folder `out` (by name) that no pattern of `layout` matches: what
+    the command never writes there, so what a replacement would delete although the user owns
+    it. None when every entry is the command's own.
+
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "report.html").write_text("x"); _ = (root / "loss.png").write_text("x")
+    >>> foreign_entry(root, ("report.html", "*.png")) is None
+    True
+    >>> _ = (root / "notes.txt").write_text("mine")
+    >>> foreign_entry(root, ("report.html", "*.png"))
+    'notes.txt'
+    """
+    for name in sorted(os.listdir(out)):
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in layout):
+            return name
+    return None
+
+
+def lies_inside(path: str | Path, folder: str | Path) -> bool:
+    """Whether `path` is `folder` or lies under it, by its absolute path or by its resolved one
+    (so a symlinked input counts where either spelling puts it).
+
+    >>> lies_inside("data/u.data", "data"), lies_inside("data", "data"), lies_inside("d2/x", "d")
+    (True, True, False)
+    """
+    path, folder = Path(path).expanduser(), Path(folder).expanduser()
+    for a, b in ((Path(os.path.abspath(path)), Path(os.path.abspath(folder))),
+                 (path.resolve(), folder.resolve())):
+        if a == b or b in a.parents:
+            return True
+    return False
+
+
+def check_inputs_outside(out: str | Path, inputs: Iterable[tuple[str | Path | None, str]],
+                         flag: str = "--out") -> None:
+    """InputError (exit 2) naming the first input (path, its flag) that lies inside `out`:
+    replacing `out` would delete what the command reads. None inputs are skipped."""
+    for given, given_flag in inputs:
+        if given is not None and lies_inside(given, out):
+            raise InputError(f"lies inside {flag} {out}, which this command replaces; move it "
+                             f"or choose another {flag}", path=given, field=given_flag)
+
+
+def folder_problem(out: Path, marker: Markers | None, layout: Layout | None = None) -> str | None:
     """Why the existing folder `out` may not be replaced, or None: it is (or holds) the current
-    folder, no `marker` is named (a file is written there), or it holds files and none of the
-    markers (the files that prove it is ours). The one rule behind `check_target` and
-    `atomic_path`."""
+    folder, no `marker` is named (a file is written there), it holds files and none of the
+    markers (the files that prove it is ours), or (`layout` given) it holds an entry the command
+    never writes (a user's file, which replacing the folder would delete). The one rule behind
+    `check_target` and `atomic_path`."""
     if holds_cwd(out):
         return "is the current folder or holds it; it is never replaced"
     if marker is None:
@@ -158,15 +206,19 @@ def folder_problem(out: Path, marker: Markers | None) -> str | None:
     names = _names(marker)
     if any(out.iterdir()) and not any((out / name).is_file() for name in names):
         return f"holds files and no {' or '.join(names)}"
+    foreign = foreign_entry(out, layout) if layout is not None else None
+    if foreign is not None:
+        return f"holds {foreign}, which this command does not write"
     return None
 
 
 def check_target(out: str | Path, *, overwrite: bool, marker: Markers | None = None,
-                 what: str = "", flag: str = "--out") -> None:
+                 what: str = "", flag: str = "--out", layout: Layout | None = None) -> None:
     """The one check of a path a command is about to write, before any work: a file target
     (`marker` None) must not be a folder; an existing folder target is replaced only with
     `overwrite` and when it is empty or holds `marker` (manifest.json, run.json, recone.json,
-    report.html); `.` and the folders holding it never are. InputError (exit 2) names `flag`.
+    report.html) and, where `layout` is given, nothing but the entries it names (the command's
+    own); `.` and the folders holding it never are. InputError (exit 2) names `flag`.
 
     >>> import tempfile
     >>> root = Path(tempfile.mkdtemp())
@@ -180,6 +232,12 @@ def check_target(out: str | Path, *, overwrite: bool, marker: Markers | None = N
     Traceback (most recent call last):
     ...
     recone_lite.errors.InputError: ...: --out: is a folder; a file is written here, so give a ...
+    >>> _ = (root / "manifest.json").write_text("{}")
+    >>> check_target(root, overwrite=True, marker="manifest.json", what="prepared data folder",
+    ...              layout=("manifest.json", "*.jsonl"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    recone_lite.errors.InputError: ...: --out: holds notes.txt, which this command does not ...
     """
     out = Path(out)
     if not out.exists() and not out.is_symlink():
@@ -192,10 +250,13 @@ def check_target(out: str | Path, *, overwrite: bool, marker: Markers | None = N
         return  # a file is replaced, as before (each command says when it refuses one)
     if not out.is_dir():
         raise InputError("exists and is not a folder", path=out, field=flag)
-    problem = folder_problem(out, marker)
+    problem = folder_problem(out, marker, layout)
     if problem is not None and problem.startswith("holds files"):
         problem += (f", so it is not a {what}; --overwrite replaces only that: choose another "
                     f"{flag}")
+    elif problem is not None and problem.startswith("holds "):
+        problem += (f" (--overwrite replaces only a {what} and never deletes your files): "
+                    f"move it away or choose another {flag}")
     elif problem is not None:
         problem += f": choose another {flag}"
     elif not overwrite:
@@ -205,20 +266,22 @@ def check_target(out: str | Path, *, overwrite: bool, marker: Markers | None = N
 
 
 def check_replaceable(out: str | Path, *, overwrite: bool, marker: Markers, what: str,
-                      flag: str = "--out") -> None:
+                      flag: str = "--out", layout: Layout | None = None) -> None:
     """`check_target` for a folder target (kept for its callers)."""
-    check_target(out, overwrite=overwrite, marker=marker, what=what, flag=flag)
+    check_target(out, overwrite=overwrite, marker=marker, what=what, flag=flag, layout=layout)
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | Path, *, marker: Markers | None = None) -> Iterator[Path]:
+def atomic_path(final: str | Path, *, marker: Markers | None = None,
+                layout: Layout | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `final`; rename it to `final` only if the block succeeds.
 
     Works for a file or a directory written at the yielded path. A directory already at `final`
     is replaced only when `marker` names the file that proves it ours and `folder_problem` finds
-    nothing against it (checked before the block and again at the rename: InputError then, and
-    nothing is touched); it is moved aside, put back if the rename fails (or by the next write
-    when the process was killed in between), and removed once the new one is in place. Nothing
+    nothing against it (with `layout`: no entry the command does not write), checked before the
+    block and again at the rename (InputError then, and nothing is touched); it is moved aside,
+    put back if the rename fails (or by the next write when the process was killed in between),
+    and removed once the new one is in place. Nothing
     is left under the final name when the block raises; the temporary folder
     `.NAME.PID.XXXX.tmp` is removed then, on SIGTERM and SIGINT too, and by the next write of
     `final` if the process was killed outright.
@@ -234,7 +297,7 @@ def atomic_path(final: str | Path, *, marker: Markers | None = None) -> Iterator
     final.parent.mkdir(parents=True, exist_ok=True)
     exit_on_sigterm()
     remove_stale(final)
-    _check_replace(final, marker)
+    _check_replace(final, marker, layout)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp",
                                 dir=final.parent))
     try:
@@ -245,7 +308,7 @@ def atomic_path(final: str | Path, *, marker: Markers | None = None) -> Iterator
     target = tmp / final.name
     try:
         yield target
-        if _check_replace(final, marker):
+        if _check_replace(final, marker, layout):
             old = tmp / REPLACED
             os.replace(final, old)
             try:
@@ -260,11 +323,11 @@ def atomic_path(final: str | Path, *, marker: Markers | None = None) -> Iterator
         os.close(held)
 
 
-def _check_replace(final: Path, marker: Markers | None) -> bool:
+def _check_replace(final: Path, marker: Markers | None, layout: Layout | None = None) -> bool:
     """Whether `final` is a folder to move aside (InputError when it may not be replaced)."""
     if not final.is_dir() or final.is_symlink():
         return False
-    problem = folder_problem(final, marker)
+    problem = folder_problem(final, marker, layout)
     if problem is not None:
         raise InputError(f"{problem}; nothing was written", path=final)
     return True

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from data_helpers import amazon_2023, cli, read_split, write_lines
+from data_helpers import amazon_2023, amazon_2023_meta, cli, read_split, write_lines
 
 GOOD = [(f"u{u}", f"i{i}", float((u + i) % 5 + 1), 1000 + 60 * i) for u in range(6)
         for i in range(6)]
@@ -154,3 +154,50 @@ def test_bad_time_cutoff(tmp_path: Path) -> None:
     reviews = amazon_2023(tmp_path / "reviews.jsonl", GOOD)
     result = prepare_cli(tmp_path, reviews, "--time-cutoff", "2016-01-01")
     assert_one_line_error(result, "--time-cutoff: expected DEV_START,TEST_START")
+
+
+# --- --overwrite never deletes what the user owns (the audit's `--reviews data/u.data --out data`)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` and its bytes."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refuses_an_input_inside_out(tmp_path: Path) -> None:
+    reviews = amazon_2023(tmp_path / "reviews.jsonl", GOOD)
+    assert prepare_cli(tmp_path, reviews).returncode == 0  # a prepared `out`
+    out = tmp_path / "out"
+    (out / "reviews.jsonl").write_bytes(reviews.read_bytes())  # the input now lies inside it
+    before = snapshot(tmp_path)
+    result = cli("data", "prepare", "--source", "amazon-2023", "--reviews", out / "reviews.jsonl",
+                 "--out", out, "--k-core", "1", "--coldstart", "0", "--overwrite")
+    assert_one_line_error(result, f"{out / 'reviews.jsonl'}: --reviews: lies inside --out {out}")
+    assert snapshot(tmp_path) == before
+    # the meta too, and even without --overwrite the input is named first
+    meta = amazon_2023_meta(out / "meta.jsonl", ["i0"])
+    before = snapshot(tmp_path)
+    result = prepare_cli(tmp_path, reviews, "--meta", meta, "--overwrite")
+    assert_one_line_error(result, f"{meta}: --meta: lies inside --out")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_refuses_a_prepared_folder_holding_a_foreign_file(tmp_path: Path) -> None:
+    reviews = amazon_2023(tmp_path / "reviews.jsonl", GOOD)
+    assert prepare_cli(tmp_path, reviews).returncode == 0
+    out = tmp_path / "out"
+    (out / "NOTES.md").write_text("my notes on this data\n")
+    (out / "zz-mine").mkdir()
+    before = snapshot(tmp_path)
+    for flags in (["--overwrite"], []):
+        result = prepare_cli(tmp_path, reviews, *flags)
+        assert_one_line_error(result, f"{out}: --out: holds NOTES.md, which this command does "
+                              "not write", "move it away or choose another --out")
+        assert snapshot(tmp_path) == before and (out / "zz-mine").is_dir()
+    # once the user's entries are gone, the prepared folder is replaced as before
+    (out / "NOTES.md").unlink()
+    (out / "zz-mine").rmdir()
+    assert prepare_cli(tmp_path, reviews, "--overwrite").returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["train.jsonl", "dev.jsonl", "test.jsonl", "coldstart.jsonl", "manifest.json"])

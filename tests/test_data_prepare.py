@@ -200,12 +200,19 @@ def test_time_cutoff_split(tmp_path: Path) -> None:
 
 def test_refuses_existing_output_unless_overwrite(tmp_path: Path) -> None:
     out, _ = tiny(tmp_path)
-    (out / "old.txt").write_text("x")
+    before = (out / "train.jsonl").read_bytes()
     with pytest.raises(InputError, match="already exists; pass --overwrite"):
         tiny(tmp_path)
+    (out / "old.txt").write_text("x")  # a file data prepare never writes: never replaced
+    for overwrite in (False, True):
+        with pytest.raises(InputError, match="holds old.txt, which this command does not write"):
+            prepare("amazon-2023", tmp_path / "reviews.jsonl", None, out,
+                    Options(k_core=2, coldstart=0), overwrite=overwrite)
+        assert (out / "old.txt").read_text() == "x" and (out / "train.jsonl").read_bytes() == before
+    (out / "old.txt").unlink()
     prepare("amazon-2023", tmp_path / "reviews.jsonl", None, out,
             Options(k_core=2, coldstart=0), overwrite=True)
-    assert not (out / "old.txt").exists()
+    assert (out / "manifest.json").is_file() and not (out / "old.txt").exists()
 
 
 def test_k_core_that_leaves_nothing_is_an_input_error(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ from recone_lite.data.cf import add_cf, choose
 from recone_lite.data.records import MAX_SECONDS, MIN_SECONDS, Loaded, ReadState
 from recone_lite.data.sources import loader
 from recone_lite.errors import InputError
-from recone_lite.files import atomic_path, check_replaceable, writer_lock
+from recone_lite.files import atomic_path, check_inputs_outside, check_replaceable, writer_lock
 from recone_lite.jsonl import dumps
 from recone_lite.log import info, warn
 from recone_lite.prepared import (  # split codes 0..3; -1 = history only
@@ -69,6 +69,9 @@ from recone_lite.prepared import (  # split codes 0..3; -1 = history only
 
 TRAIN, DEV, TEST, COLD, NONE = 0, 1, 2, 3, -1
 BLOCK = 1 << 14  # rows per block of users while writing
+# everything `data prepare` leaves in its --out (`_write`'s four split files, the manifest last):
+# --overwrite replaces a folder holding only these, never one holding anything else
+LAYOUT = (*(f"{name}.jsonl" for name in SPLITS), MANIFEST)
 _encode = json.encoder.encode_basestring  # type: ignore[attr-defined]  # C, ensure_ascii=False
 
 
@@ -586,15 +589,18 @@ def prepare(source: str, reviews: Path | None, meta: Path | None, out: Path,
     """Prepare `out/` (train, dev, test, coldstart JSONL + manifest.json); return the manifest.
 
     The whole folder is written under a temporary name and renamed at the end, so a failure
-    leaves nothing at `out`. `overwrite` replaces only a prepared data folder (manifest.json) or
-    an empty one, and the old data stays until the new is complete. A second prepare to the same
-    `out` while one runs is refused (the lock `.NAME.lock` beside it).
+    leaves nothing at `out`. `overwrite` replaces only a prepared data folder (manifest.json)
+    holding nothing but what prepare writes (`LAYOUT`), or an empty one, and the old data stays
+    until the new is complete; an input (`reviews`, `meta`) inside `out` is refused, since the
+    replacement would delete it. A second prepare to the same `out` while one runs is refused
+    (the lock `.NAME.lock` beside it).
     """
     load = loader(source)
     out = Path(out)
+    check_inputs_outside(out, ((reviews, "--reviews"), (meta, "--meta")))
     with writer_lock(out):
         check_replaceable(out, overwrite=overwrite, marker=MANIFEST,
-                          what="prepared data folder")
+                          what="prepared data folder", layout=LAYOUT)
         return _prepare(source, reviews, meta, out, options, load)
 
 
@@ -613,7 +619,7 @@ def _prepare(source: str, reviews: Path | None, meta: Path | None, out: Path, op
     loaded = load(Path(reviews) if reviews else None, Path(meta) if meta else None, state)
     state.scale = options.rating_scale or loaded.scale
     clock = time.perf_counter()
-    with atomic_path(out, marker=MANIFEST) as tmp_out:
+    with atomic_path(out, marker=MANIFEST, layout=LAYOUT) as tmp_out:
         spill_path = tmp_out.parent / "reviews.spill"
         table = _read(loaded, state, spill_path, options.review_chars)
         n = table["u"].size
