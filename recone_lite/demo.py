@@ -9,10 +9,15 @@
 5. `report`: the run's curves and the evaluation's pictures in `runs/cpu-demo/report/report.html`.
 
 Every step is the ordinary command's function; a finished run is reused, a killed one resumed.
+`--out` must be a cpu-demo run (run.json's recipe) or a new folder: another recipe's run is never
+reused nor replaced. The sample, the predictions and the evaluation are written under temporary
+names and renamed into place together once all three are complete, so a failed prediction keeps
+the earlier ones; the report replaces only `RUN/report` (report.py's rule).
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import statistics
@@ -24,6 +29,7 @@ from recone_lite import grpo, log
 from recone_lite.data.prepare import Options, prepare
 from recone_lite.errors import InputError
 from recone_lite.evaluate import evaluate, print_report
+from recone_lite.files import atomic_path
 from recone_lite.predict import predict
 from recone_lite.predict_settings import PredictSettings
 from recone_lite.prepared import is_prepared, read_scale
@@ -46,12 +52,28 @@ def reward_curve(run_dir: Path) -> dict[str, Any]:
             "end": round(statistics.fmean(rewards[-k:]), 3)}
 
 
+OUTPUTS = ("test-sample.jsonl", "test-predictions.jsonl", "test-eval.json")  # beside the run
+DEMO_RECIPE = "cpu-demo"
+
+
+def check_demo_run(out: Path) -> None:
+    """InputError (exit 2, one line) when `out` holds a run (run.json) of another recipe than
+    cpu-demo: the demo would reuse it as its own, or replace it with --overwrite."""
+    run = RunFolder(out).run if out.is_dir() else {}
+    if run and run.get("recipe") != DEMO_RECIPE:
+        recipe = f"recipe {run['recipe']}" if run.get("recipe") else "no recorded recipe"
+        raise InputError(f"holds a run of {recipe}, not {DEMO_RECIPE}; the demo reuses or "
+                         "replaces only its own run: choose another --out", path=out,
+                         field="--out")
+
+
 def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
              overrides: list[str] = ()) -> dict[str, Any]:
     started = time.monotonic()
     if data.exists() and not data.is_dir():
         raise InputError("is a file; --data takes the prepared data folder", path=data,
                          field="--data")
+    check_demo_run(out)
     if not is_prepared(data):
         log.info(f"demo 1/4: preparing MovieLens-100k (recbole package) into {data}")
         prepare("recbole-ml-100k", None, None, data, Options(cf="auto"), overwrite=False)
@@ -68,20 +90,22 @@ def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,
         run = grpo.train(recipe, resume=not overwrite, overwrite=overwrite, recipe_name="cpu-demo")
 
     log.info(f"demo 3/4: predicting {test_limit} test examples with the adapter")
-    sample = out / "test-sample.jsonl"
-    with open(data / "test.jsonl", encoding="utf-8") as source:
-        sample.write_text("".join(itertools.islice(source, test_limit)), encoding="utf-8")
-    predictions = out / "test-predictions.jsonl"
-    predictions.unlink(missing_ok=True)
+    sample, predictions, evaluation = (out / name for name in OUTPUTS)
     low, high = read_scale(data)
-    predict(settings=PredictSettings.from_recipe(
-        recipe, input=str(sample), adapter=str(out), scale=f"{low},{high}", out=str(predictions)))
+    with contextlib.ExitStack() as stack:  # all three renamed into place only when all succeed
+        tmp_sample, tmp_predictions, tmp_evaluation = (
+            stack.enter_context(atomic_path(path)) for path in (sample, predictions, evaluation))
+        with open(data / "test.jsonl", encoding="utf-8") as source:
+            tmp_sample.write_text("".join(itertools.islice(source, test_limit)), encoding="utf-8")
+        predict(settings=PredictSettings.from_recipe(
+            recipe, input=str(tmp_sample), adapter=str(out), scale=f"{low},{high}",
+            out=str(tmp_predictions)))
 
-    log.info("demo 4/4: evaluating against the baselines on the same test examples")
-    report = evaluate(data, predictions, "test", subset=True)  # the first test_limit examples
-    print_report(report)
-    evaluation = out / "test-eval.json"
-    evaluation.write_text(json.dumps(report) + "\n", encoding="utf-8")
+        log.info("demo 4/4: evaluating against the baselines on the same test examples")
+        report = evaluate(data, tmp_predictions, "test", subset=True)  # the first test_limit
+        report["predictions"] = str(predictions)  # where it will lie, not the temporary name
+        print_report(report)
+        tmp_evaluation.write_text(json.dumps(report) + "\n", encoding="utf-8")
     pictures = write_report(out, [evaluation])
     log.info(f"demo: report {pictures['html']} (open it in a browser)" if pictures else HINT)
     curve = reward_curve(out)

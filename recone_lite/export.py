@@ -49,7 +49,7 @@ from recone_lite.adapter_source import (
     work_dtype,
 )
 from recone_lite.errors import InputError, ReconeError, first_line
-from recone_lite.files import atomic_path, check_target
+from recone_lite.files import atomic_path, check_target, lies_inside
 from recone_lite.gguf import GGUF_BYTES_PER_PARAM, convert_to_gguf, find_llama_cpp
 from recone_lite.gpu import VLLM_LORA_RANKS, is_unsloth
 from recone_lite.models import RECONE_JSON
@@ -61,6 +61,14 @@ from recone_lite.versions import stack_versions
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 MAX_SHARD_SIZE = "5GB"
+# what an export folder holds (a merged one: save_pretrained's weights, config and tokenizer
+# files, recipe.yaml and recone.json; an adapter-only one: the adapter and recone.json).
+# --overwrite replaces a folder holding nothing else; one holding anything else is refused
+LAYOUT = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin",
+          "pytorch_model.bin.index.json", "config.json", "generation_config.json", "tokenizer*",
+          "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt", "added_tokens.json",
+          "chat_template.jinja", "chat_template.json", "spiece.model", "sentencepiece*.model",
+          "adapter_config.json", "adapter_model.bin", RECIPE_YAML, RECONE_JSON)
 
 
 # --- checks before anything is written ----------------------------------------------------------
@@ -68,13 +76,14 @@ MAX_SHARD_SIZE = "5GB"
 
 def check_output(path: Path, *, overwrite: bool, is_file: bool, keep: list[Path],
                  flag: str = "--out") -> None:
-    """Refuse an existing output without --overwrite, one of the wrong kind, and one whose
-    replacement would delete the adapter or the base (`keep`)."""
-    resolved = path.expanduser().resolve()
+    """Refuse an existing output without --overwrite, one of the wrong kind, one whose
+    replacement would delete what the export reads (`keep`: the adapter, the base, --data) and
+    a folder holding anything an export does not write (`LAYOUT`)."""
     for precious in keep:
-        if resolved == precious or resolved in precious.parents:
-            raise InputError(f"would replace {precious}, which the export reads", path=path)
-    if not path.exists():
+        if lies_inside(precious, path):
+            raise InputError(f"would replace {precious}, which the export reads; choose another "
+                             f"{flag}", path=path, field=flag)
+    if not path.exists() and not path.is_symlink():  # a dangling symlink exists too
         check_target(path, overwrite=overwrite, flag=flag)  # its parent must be a folder
         return
     if not overwrite:
@@ -85,7 +94,23 @@ def check_output(path: Path, *, overwrite: bool, is_file: bool, keep: list[Path]
                          field=flag)
     # a folder is replaced only when it is an export (recone.json inside), never `.`
     check_target(path, overwrite=overwrite, marker=None if is_file else RECONE_JSON,
-                 what="recone-lite export", flag=flag)
+                 what="recone-lite export", flag=flag, layout=None if is_file else LAYOUT)
+
+
+def check_outputs(outputs: dict[str, Path], source: Source, overwrite: bool) -> None:
+    """`check_output` for each output (and a GGUF's OUT.recone.json), keeping what the export
+    reads: the adapter, a local base, the prepared data (--data, else the run's)."""
+    keep = [source.adapter.resolve()]
+    if Path(source.base.source()[0]).expanduser().exists():
+        keep.append(Path(source.base.source()[0]).expanduser().resolve())
+    if source.data is not None:  # --data, else the run's prepared folder (verification prompts)
+        keep.append(Path(source.data).expanduser().resolve())
+    for name, path in outputs.items():
+        check_output(path, overwrite=overwrite, is_file=name == "gguf", keep=keep,
+                     flag="--" + name.replace("_", "-"))
+    if "gguf" in outputs:  # OUT.recone.json, written beside the GGUF: checked as it is
+        check_output(recone_json_path(outputs["gguf"]), overwrite=overwrite, is_file=True,
+                     keep=keep, flag="--gguf")
 
 
 def check_disk(where: Path, need: int, what: str) -> None:
@@ -190,7 +215,7 @@ def write_merged(source: Source, out: Path, dtype: str, verify: bool, prompts: i
             step(note="probing base + adapter")
         probes = probe(peft_model, tokenizer, source, prompts) if verify else []
         step(note="merging and saving")
-        with atomic_path(out, marker=RECONE_JSON) as tmp:
+        with atomic_path(out, marker=RECONE_JSON, layout=LAYOUT) as tmp:
             engine = save_merged(peft_model, tokenizer, tmp, dtype)
             del model, peft_model
             free_memory()
@@ -232,7 +257,7 @@ def write_adapter_only(source: Source, out: Path, verify: bool) -> dict[str, Any
     check_disk(out, sum(t.numel() * t.element_size() for t in state.values()), str(out))
     config = {**source.config, "base_model_name_or_path": source.base_path,
               "inference_mode": True}
-    with atomic_path(out, marker=RECONE_JSON) as tmp:
+    with atomic_path(out, marker=RECONE_JSON, layout=LAYOUT) as tmp:
         tmp.mkdir()
         _write_json(tmp / "adapter_config.json", config)
         save_file({k: v.contiguous() for k, v in state.items()},
@@ -297,12 +322,7 @@ def export(
     tools = find_llama_cpp(Path(llama_cpp) if llama_cpp else None, quant) if gguf else None
     source = resolve_source(adapter, base, template=template, scale=scale, data=data,
                             trust_remote_code=trust_remote_code)
-    keep = [source.adapter.resolve()]
-    if Path(source.base.source()[0]).expanduser().exists():
-        keep.append(Path(source.base.source()[0]).expanduser().resolve())
-    for name, path in outputs.items():
-        check_output(path, overwrite=overwrite, is_file=name == "gguf", keep=keep,
-                     flag="--" + name.replace("_", "-"))
+    check_outputs(outputs, source, overwrite)
     torch_dtype = DTYPES[dtype]
     params = None
     # cheap early checks: fit and disk, before the long load (and the only fit check of an
@@ -346,7 +366,8 @@ def export(
         summary["quant"] = quant
         # a GGUF is one file: its run's settings go beside it, for `predict --model OUT.gguf`
         record = {**_record(source, "gguf", quant=quant), "dtype": torch_dtype}
-        _write_json(recone_json_path(outputs["gguf"]), record)
+        with atomic_path(recone_json_path(outputs["gguf"])) as tmp_json:
+            _write_json(tmp_json, record)
         _report(summary, "gguf", outputs["gguf"], started)
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary

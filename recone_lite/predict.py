@@ -375,13 +375,14 @@ def predict(input: str | None = None, settings: PredictSettings | None = None, *
 
 
 def _take_back(out: Path | None, start_size: int | None) -> str:
-    """Take this run's rows back out of `out` (a rerun starts clean); what the error adds."""
+    """Take this run's rows back out of `out` (a rerun starts clean); what the error adds. A
+    file this run created is removed; a symlink is never removed (its target is cut back)."""
     if out is None:
         return ""
-    if start_size is None:
+    if start_size is None and not out.is_symlink():
         out.unlink(missing_ok=True)
-    else:
-        os.truncate(out, start_size)
+    elif out.exists():
+        os.truncate(out, start_size or 0)
     return f"; nothing added to {out}"
 
 
@@ -568,6 +569,9 @@ def check_out(out: Path, resume: bool) -> None:
     folder, and it holds no earlier rows unless --resume (an empty file counts as none)."""
     if out.is_dir():
         raise InputError("is a folder; --out takes a file name", path=out)
+    if out.is_symlink() and not out.exists():  # exists() follows the link: lstat says it is there
+        raise InputError(f"is a symlink to a missing file ({os.readlink(out)}); give the file "
+                         "itself or another name", path=out, field="--out")
     parent = out.parent
     if not parent.is_dir():
         raise InputError(f"no such folder: {parent}", path=out)

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 from recone_lite.baselines import BASELINES, LABELS
 from recone_lite.errors import InputError, no_file
 from recone_lite.evaluate import print_report
-from recone_lite.files import atomic_path, check_target
+from recone_lite.files import atomic_path, check_inputs_outside, check_target
 from recone_lite.jsonl import read_jsonl
 from recone_lite.log import console, info
 from recone_lite.metrics import fmt_metric
@@ -41,6 +41,9 @@ HINT = ("report: no pictures, matplotlib is not installed; pip install 'recone-l
         "draws them")
 WIDTH, HEIGHT, DPI = 800, 450, 100  # every picture, in pixels
 HTML_NAME = "report.html"
+# everything `report` writes in its --out folder: the page and its pictures. A folder holding
+# anything else (a run, an eval file, the user's notes) is never replaced
+LAYOUT = (HTML_NAME, "*.png")
 MODEL = "#d62728"  # the model is red in every picture; baselines and the truth are not
 BASELINE_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b")
 
@@ -470,16 +473,18 @@ def write_report(run_dir: Path, eval_paths: list[Path], out: Path | None = None
                  ) -> dict[str, Any] | None:
     """Draw every picture into `out` (default RUN_DIR/report) and write report.html; None when
     matplotlib is not installed. Returns {"html", "pictures"}."""
-    run = read_run(run_dir)
-    labels = eval_labels(eval_paths)
-    evals = [(label, read_eval(p)) for label, p in zip(labels, eval_paths, strict=True)]
     figure = matplotlib_figure()
     if figure is None:
         return None
     final = Path(out) if out is not None else Path(run_dir) / "report"
-    # a report folder (report.html inside) is replaced whole; any other folder is refused
-    check_target(final, overwrite=True, marker=HTML_NAME, what="report folder")
-    with atomic_path(final, marker=HTML_NAME) as folder:
+    # a report folder (report.html inside, nothing but LAYOUT) is replaced whole; any other
+    # folder is refused, and so is an --out that holds the run or an eval file it reads
+    check_inputs_outside(final, [(run_dir, "RUN_DIR"), *((p, "--eval") for p in eval_paths)])
+    check_target(final, overwrite=True, marker=HTML_NAME, what="report folder", layout=LAYOUT)
+    run = read_run(run_dir)
+    labels = eval_labels(eval_paths)
+    evals = [(label, read_eval(p)) for label, p in zip(labels, eval_paths, strict=True)]
+    with atomic_path(final, marker=HTML_NAME, layout=LAYOUT) as folder:
         folder.mkdir()
 
         def save(name: str, caption: str, fig: Any) -> tuple[Path, str]:

@@ -81,6 +81,40 @@ CASES = [
     Case("report-out-someone-elses-folder", "report {w}/run --out {w}/victim", 2,
          ("victim", "no report.html")),
     Case("report-out-dot", "report {w}/run --out .", 2, ("current folder",), "inner"),
+    # --- the audit: a replace deletes only what the command itself wrote -----------------------
+    Case("report-out-holds-the-run-it-reports",  # `report reports/myrun --out reports`
+         "report {w}/reports/myrun --out {w}/reports", 2,
+         ("reports/myrun: RUN_DIR: lies inside --out", "choose another --out")),
+    Case("report-out-holds-an-eval-it-reads",
+         "report {w}/run --eval {w}/reports/x-eval.json --out {w}/reports", 2,
+         ("x-eval.json: --eval: lies inside --out",)),
+    Case("report-out-a-report-folder-with-the-users-notes",
+         "report {w}/run --out {w}/old-report", 2,
+         ("old-report: --out: holds notes.txt, which this command does not write",)),
+    Case("prepare-overwrite-with-the-input-inside-out",  # `--reviews data/u.data --out data`
+         "data prepare --source amazon-2023 --reviews {w}/data/traces.jsonl --out {w}/data "
+         "--overwrite", 2, ("traces.jsonl: --reviews: lies inside --out",)),
+    Case("prepare-overwrite-a-prepared-folder-holding-more",
+         "data prepare --source amazon-2023 --reviews {w}/reviews.jsonl --out {w}/data "
+         "--overwrite", 2, ("data: --out: holds traces.jsonl, which this command does not write",
+                            "never deletes")),
+    Case("export-overwrite-an-export-with-the-users-notes",
+         "export --adapter {w}/adapter --adapter-only {w}/old-export --overwrite", 2,
+         ("old-export: --adapter-only: holds data, which this command does not write",)),
+    Case("export-overwrite-an-export-holding-data-it-reads",
+         "export --adapter {w}/adapter --merged {w}/old-export --data {w}/old-export/data "
+         "--overwrite", 2, ("old-export: --merged: would replace", "old-export/data")),
+    Case("demo-out-another-recipes-finished-run",
+         "demo --data {w}/data --out {w}/music-run", 2,
+         ("music-run: --out: holds a run of recipe music-grpo, not cpu-demo",)),
+    Case("demo-overwrite-another-recipes-run",
+         "demo --data {w}/data --out {w}/music-run --overwrite", 2,
+         ("music-run: --out: holds a run of recipe music-grpo, not cpu-demo",)),
+    Case("demo-out-a-run-without-its-recipe", "demo --data {w}/data --out {w}/run", 2,
+         ("run: --out: holds a run of no recorded recipe, not cpu-demo",)),
+    Case("export-gguf-recone-json-exists",
+         "export --adapter {w}/adapter --gguf {w}/m.gguf --llama-cpp {w}/llama.cpp", 2,
+         ("m.recone.json: exists; pass --overwrite",)),
     # --- item 2: remote code only on an explicit command-line flag ----------------------------
     Case("train-recipe-asks-for-remote-code", "train --recipe {w}/trust.yaml --dry-run", 2,
          ("trust.yaml", "trust_remote_code", "--trust-remote-code")),
@@ -198,6 +232,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "notes.jsonl").write_text('{"note": "mine"}\n')
     shutil.copytree(root / "data", root / "bad-data")
     (root / "bad-data" / "manifest.json").write_text("{broken")
+    (root / "reports").mkdir()  # an earlier `report --out reports`, then the user's files
+    (root / "reports" / "report.html").write_text("<html>old</html>")
+    (root / "reports" / "notes.txt").write_text("my notes")
+    (root / "reports" / "x-eval.json").write_text(json.dumps({"split": "test"}))
+    shutil.copytree(run, root / "reports" / "myrun")
+    (root / "old-report").mkdir()
+    (root / "old-report" / "report.html").write_text("<html>old</html>")
+    (root / "old-report" / "loss.png").write_bytes(b"\x89PNG old")
+    (root / "old-report" / "notes.txt").write_text("my notes")
+    (root / "old-export").mkdir()
+    (root / "old-export" / "recone.json").write_text("{}")
+    (root / "old-export" / "adapter_config.json").write_text("{}")
+    (root / "old-export" / "notes.txt").write_text("my notes")
+    shutil.copytree(root / "data", root / "old-export" / "data")
+    (root / "m.recone.json").write_text('{"kind": "gguf"}')
+    shutil.copytree(run, root / "music-run")  # a finished run of another recipe than the demo's
+    (root / "music-run" / "run.json").write_text(json.dumps(
+        {"status": "finished", "global_step": 2, "recipe": "music-grpo"}))
     tiny = {"model": {"name": "some-base"}, "data": {"dir": str(root / "data")},
             "output_dir": str(root / "runs" / "tiny")}
     (root / "tiny.yaml").write_text(json.dumps(tiny))  # JSON is YAML
@@ -312,6 +364,40 @@ def test_predict_counts_html_replies_as_failed_rows(world: Path, tmp_path: Path,
     assert code == 1 and "Traceback" not in err, err
     assert "all 3 requests failed" in err.strip().splitlines()[-1]
     assert not (tmp_path / "q.jsonl").exists()
+
+
+def test_predict_never_removes_a_symlinked_out(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    """The audit's dangling `--out` link: exists() said no, so a run whose every request failed
+    unlinked the user's symlink. Now refused before anything (exit 2, one line), and the
+    take-back after an outage cuts a link's target back but never removes the link."""
+    from chat_server import chat_server
+
+    from recone_lite.predict import _take_back
+
+    requests = tmp_path / "r.jsonl"
+    requests.write_text("".join(json.dumps({"id": f"r{i}", "history": [],
+                                            "target": {"title": "T"}}) + "\n" for i in range(2)))
+    target = tmp_path / "elsewhere" / "p.jsonl"
+    link = tmp_path / "p.jsonl"
+    link.symlink_to(target)
+    code, _, err = main(capsys, "predict", requests, "--backend", "openai", "--base-url",
+                        "http://127.0.0.1:9/v1", "--model", "m", "--out", link)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        f"error: {link}: --out: is a symlink to a missing file ({target}); give the file itself "
+        "or another name")
+    assert link.is_symlink() and not target.parent.exists()
+    target.parent.mkdir()
+    target.write_text("")  # a live link to an empty file: predict appends to the target
+    with chat_server(raw=[HTML] * 2) as server:
+        code, _, err = main(capsys, "predict", requests, "--backend", "openai", "--base-url",
+                            server.url, "--model", "m", "--out", link, "--concurrency", "1")
+    assert code == 1 and "all 2 requests failed" in err, err
+    assert link.is_symlink() and link.resolve() == target and target.read_text() == ""
+    target.write_text("rows of this run\n")  # as if the target appeared during the run
+    assert _take_back(link, None).startswith("; nothing added to")
+    assert link.is_symlink() and target.read_text() == ""
 
 
 def test_traces_make_counts_html_replies_as_teacher_errors(world: Path, tmp_path: Path,

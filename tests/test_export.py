@@ -221,9 +221,15 @@ def test_overwrite_replaces_an_existing_export_only(tiny, tmp_path):
     with pytest.raises(InputError, match="no recone.json"):  # someone else's folder (issue 25)
         export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
     assert [p.name for p in out.iterdir()] == ["old.txt"]
-    (out / "recone.json").write_text("{}")  # an earlier export
+    (out / "recone.json").write_text("{}")  # an earlier export, but holding the user's file
+    with pytest.raises(InputError, match="holds old.txt, which this command does not write"):
+        export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt", "recone.json"]
+    (out / "old.txt").unlink()  # an export's own files only: replaced whole
+    (out / "model-00001-of-00002.safetensors").write_bytes(b"an older shard")
     export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
-    assert not (out / "old.txt").exists() and (out / "model.safetensors").is_file()
+    assert (out / "model.safetensors").is_file()
+    assert not (out / "model-00001-of-00002.safetensors").exists()
 
 
 def test_adapter_for_another_base_is_refused(tiny, tmp_path):
