@@ -418,7 +418,8 @@ app.add_typer(traces_app, name="traces")
 def traces_make(
     data: Annotated[Path, typer.Option(help="a folder written by `data prepare`")],
     out: Annotated[Path, typer.Option(
-        help="trace file (JSONL) to write; replaced whole at the end. Beside it: "
+        help="trace file (JSONL) to write, whole at the end (an existing one only with "
+        "--overwrite). Beside it: "
         "OUT-stem.dropped.jsonl (what was not kept, and why) and OUT.cache/ (every reply)")],
     split: Annotated[str, typer.Option(
         help="split to trace; coldstart is the pool held apart for RecOne")] = "coldstart",
@@ -450,6 +451,9 @@ def traces_make(
         min=0, max=MAX_INT, help="retries with exponential backoff on 429, 5xx, timeouts and lost "
         "connections")] = 4,
     timeout: Annotated[float, typer.Option(min=1, help="seconds per request")] = 600.0,
+    overwrite: Annotated[bool, typer.Option(
+        help="replace an existing --out and its .dropped.jsonl (refused without it; the reply "
+        "cache makes the re-run cheap)")] = False,
 ) -> None:
     """Ask a teacher to reason on each example; keep what reaches the true rating (RecOne).
 
@@ -473,7 +477,7 @@ def traces_make(
         data, out, split=split, teacher=teacher.value, base_url=base_url, model=model,
         api_key_env=api_key_env, limit=limit, concurrency=concurrency, tolerance=tolerance,
         cache=cache, max_tokens=max_tokens, temperature=temperature, max_retries=max_retries,
-        timeout=timeout)
+        timeout=timeout, overwrite=overwrite)
     typer.echo(dumps(summary))
 
 

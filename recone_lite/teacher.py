@@ -11,6 +11,8 @@ leaves the cache, never a half-written trace file.
 
 Files: `OUT` (kept traces, in split order), `OUT` with `.dropped.jsonl` (one line per example not
 kept: id, reason, the rejected answer or the teacher's error), `OUT.cache/` (one JSON per reply).
+An existing `OUT` or dropped file is replaced only with `--overwrite`, so a rerun during a partial
+outage never swaps a full trace file for a shorter one unasked.
 """
 
 from __future__ import annotations
@@ -158,8 +160,11 @@ def make_traces(
     temperature: float = 0.6,
     max_retries: int = 4,
     timeout: float = 600.0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the traces of `data/<split>.jsonl` to `out`; return the summary (also logged).
+    An existing `out` or dropped file is replaced only with `overwrite` (checked before any
+    request; the reply cache makes the re-run cheap).
 
     Long on purpose: the two passes (ask every example, then ask again with the hint for the
     misses) share the bookkeeping of drops, leaks and counts that the summary reports, and read
@@ -176,6 +181,11 @@ def make_traces(
         if target.resolve() in inputs:
             raise InputError("is a file of the prepared folder that --data names; choose "
                              "another --out", path=target, field="--out")
+    for target in (out, dropped_path(out)):  # a dangling symlink exists too
+        if not overwrite and (target.exists() or target.is_symlink()):
+            raise InputError("exists; pass --overwrite to replace it (the reply cache makes "
+                             "the re-run cheap) or choose another --out", path=target,
+                             field="--out")
     scale = read_scale(data)
     examples = read_split(data, split)[:limit]
     if not examples:

@@ -187,9 +187,19 @@ def test_every_path_the_counts_and_the_cache(tmp_path: Path, teacher: Teacher) -
     written = [p.read_text() for p in tmp_path.rglob("*") if p.is_file()]
     assert all(KEY not in text for text in [result.stdout, result.stderr, *written])
 
-    # A rerun makes no call for any reply already cached; only the failed one is tried again.
+    # An existing trace file is never replaced unasked: one line, exit 2, before any request.
+    kept_bytes, dropped_bytes = out.read_bytes(), (tmp_path / "traces.dropped.jsonl").read_bytes()
     before = teacher.hits.copy()
-    again = run_cli(*args, env_key=True)
+    refused = run_cli(*args, env_key=True)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {out}: --out: exists; pass --overwrite to replace it (the reply cache makes the "
+        "re-run cheap) or choose another --out")
+    assert teacher.hits == before and out.read_bytes() == kept_bytes
+    assert (tmp_path / "traces.dropped.jsonl").read_bytes() == dropped_bytes
+
+    # A rerun makes no call for any reply already cached; only the failed one is tried again.
+    again = run_cli(*args, "--overwrite", env_key=True)
     assert again.returncode == 0, again.stderr
     rerun = json.loads(again.stdout)
     assert teacher.hits - before == Counter({("broken", False): 2})
@@ -203,12 +213,12 @@ def test_a_killed_run_resumes_from_the_cache(tmp_path: Path, teacher: Teacher) -
     options = {"base_url": teacher.url, "model": "m", "max_retries": 0}
     make_traces(data, out, limit=2, **options)  # as if killed after two examples
     assert teacher.total() == 3
-    summary = make_traces(data, out, **options)
+    summary = make_traces(data, out, overwrite=True, **options)
     assert teacher.total() == 4 and summary["requests"] == 1 and summary["cached"] == 3
     assert [t["id"] for t in read(out)] == ["e-right", "e-hinted", "e-reasoner"]
     assert list(tmp_path.glob(".*tmp*")) == []  # no temporary files left behind
     # Another model, or other sampling parameters, is another cache key.
-    make_traces(data, out, **{**options, "model": "m2"})
+    make_traces(data, out, overwrite=True, **{**options, "model": "m2"})
     assert teacher.total() == 4 + 4
 
 
@@ -301,3 +311,26 @@ def test_evidence_answer_reasons_only_from_the_prompt_and_ends_in_the_truth() ->
     assert "others none" in cold and "<match>estimate 3.43</match>" in cold  # 3.6 - 0.6 * 2/7
     bare = evidence_answer({**example, "stats": None})
     assert "<match>user none, item none</match>" in bare
+
+
+def test_an_existing_dropped_file_or_dangling_link_is_not_replaced_unasked(tmp_path: Path) -> None:
+    """Only --out is named: STEM.dropped.jsonl beside it (or --out as a symlink to nowhere) is the
+    user's until --overwrite says otherwise. Exit 2, one line, every file as it was."""
+    data = write_data(tmp_path / "data", ["right"])
+    out = tmp_path / "t.jsonl"
+    dropped = tmp_path / "t.dropped.jsonl"
+    dropped.write_text("my own list\n")
+    args = ["traces", "make", "--data", str(data), "--teacher", "template", "--out", str(out)]
+    result = run_cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: {dropped}: --out: exists; pass --overwrite")
+    assert dropped.read_text() == "my own list\n" and not out.exists()
+    dropped.unlink()
+    out.symlink_to(tmp_path / "nowhere.jsonl")
+    result = run_cli(*args)
+    assert result.returncode == 2 and f"error: {out}: --out: exists" in result.stderr
+    assert out.is_symlink() and not (tmp_path / "nowhere.jsonl").exists()
+    out.unlink()
+    assert run_cli(*args).returncode == 0 and len(read(out)) == 1
+    assert run_cli(*args, "--overwrite").returncode == 0 and len(read(out)) == 1
