@@ -29,11 +29,12 @@ from recone_lite import grpo, log
 from recone_lite.data.prepare import Options, prepare
 from recone_lite.errors import InputError
 from recone_lite.evaluate import evaluate, print_report
-from recone_lite.files import atomic_path
+from recone_lite.files import atomic_path, check_target
 from recone_lite.predict import predict
 from recone_lite.predict_settings import PredictSettings
 from recone_lite.prepared import is_prepared, read_scale
-from recone_lite.report import HINT, write_report
+from recone_lite.report import HINT, HTML_NAME, write_report
+from recone_lite.report import LAYOUT as REPORT_LAYOUT
 from recone_lite.run_folder import RunFolder
 from recone_lite.runs import LOG_JSONL
 from recone_lite.training import resolve_recipe
@@ -58,13 +59,16 @@ DEMO_RECIPE = "cpu-demo"
 
 def check_demo_run(out: Path) -> None:
     """InputError (exit 2, one line) when `out` holds a run (run.json) of another recipe than
-    cpu-demo: the demo would reuse it as its own, or replace it with --overwrite."""
+    cpu-demo (the demo would reuse it as its own, or replace it with --overwrite), or when
+    `out/report` is not a folder the report may replace: both before any work."""
     run = RunFolder(out).run if out.is_dir() else {}
     if run and run.get("recipe") != DEMO_RECIPE:
         recipe = f"recipe {run['recipe']}" if run.get("recipe") else "no recorded recipe"
         raise InputError(f"holds a run of {recipe}, not {DEMO_RECIPE}; the demo reuses or "
                          "replaces only its own run: choose another --out", path=out,
                          field="--out")
+    check_target(out / "report", overwrite=True, marker=HTML_NAME, what="report folder",
+                 layout=REPORT_LAYOUT)
 
 
 def run_demo(out: Path, data: Path, test_limit: int, overwrite: bool,

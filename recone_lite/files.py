@@ -255,7 +255,7 @@ def check_target(out: str | Path, *, overwrite: bool, marker: Markers | None = N
         problem += (f", so it is not a {what}; --overwrite replaces only that: choose another "
                     f"{flag}")
     elif problem is not None and problem.startswith("holds "):
-        problem += (f" (--overwrite replaces only a {what} and never deletes your files): "
+        problem += (f" (recone-lite replaces only a {what} and never deletes your files): "
                     f"move it away or choose another {flag}")
     elif problem is not None:
         problem += f": choose another {flag}"

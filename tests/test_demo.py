@@ -123,3 +123,24 @@ def test_demo_refuses_a_finished_run_of_another_recipe(tmp_path: Path) -> None:
             f"error: {out}: --out: holds a run of recipe music-grpo, not cpu-demo; the demo "
             "reuses or replaces only its own run: choose another --out")
         assert _files(tmp_path) == before
+
+
+def test_demo_refuses_a_report_folder_holding_the_users_file(tmp_path: Path) -> None:
+    """RUN/report is replaced at the end: one holding more than report.html and its PNGs is
+    refused first (exit 2, one line), not after the predictions."""
+    from training_helpers import write_prepared
+
+    data = write_prepared(tmp_path / "data")
+    out = tmp_path / "run"
+    _finished_demo_run(out)
+    (out / "report").mkdir()
+    (out / "report" / "report.html").write_text("<html>old</html>")
+    (out / "report" / "notes.txt").write_text("mine")
+    before = _files(tmp_path)
+    result = cli("demo", "--data", data, "--out", out)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {out / 'report'}: --out: holds notes.txt, which this command does not write "
+        "(recone-lite replaces only a report folder and never deletes your files): move it away "
+        "or choose another --out")
+    assert _files(tmp_path) == before
