@@ -25,7 +25,7 @@ from recone_lite.errors import InputError
 from recone_lite.gpu import cuda_available, vllm_settings
 from recone_lite.monitor import make_monitor
 from recone_lite.rewards import completion_text, format_ok, parse_rating, reward_functions
-from recone_lite.runs import RunRecord, open_run_dir
+from recone_lite.runs import RunRecord, check_run_out, is_main_process, open_run_dir
 from recone_lite.train_loop import run_trainer
 from recone_lite.training import (
     Data,
@@ -34,6 +34,7 @@ from recone_lite.training import (
     load_data,
     load_trainable,
     render_rows,
+    run_inputs,
     trainer_config,
 )
 from recone_lite.trl_batch import config_prompts_per_step
@@ -91,6 +92,9 @@ def train(
         raise InputError(f"this is a {recipe.kind} recipe; run it with `recone-lite {recipe.kind}`",
                          field="kind")
     out = Path(recipe.output_dir)
+    inputs = run_inputs(recipe, recipe_name)
+    if not dry_run and is_main_process():  # before any data or model loads (again under the lock)
+        check_run_out(out, resume=resume, overwrite=overwrite, inputs=inputs)
     section = recipe.data
     check_gpu_path(recipe)
     values = {**recipe.grpo, **vllm_settings(recipe.grpo, recipe.model.max_seq_length)}
@@ -121,7 +125,8 @@ def train(
 
     # the folder is locked while the run lasts; a run that --overwrite replaces is removed only
     # once this one has started (model loaded, trainer built, run.json written), else put back
-    with open_run_dir(out, dump_recipe(recipe), resume=resume, overwrite=overwrite) as start:
+    with open_run_dir(out, dump_recipe(recipe), resume=resume, overwrite=overwrite,
+                      inputs=inputs) as start:
         checkpoint = start.checkpoint
         record = RunRecord(out, "grpo", recipe_name, recipe.seed, start.previous)
         model, tokenizer = load_trainable(recipe)

@@ -62,6 +62,12 @@ def read_recipe_yaml(path: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def _describes(folder: Path) -> bool:
+    """Whether `folder` holds a run's description (run.json or recipe.yaml): where an inner
+    adapter's prompt is read from, which only reads."""
+    return is_run_dir(folder) or (folder / RECIPE_YAML).is_file()
+
+
 class RunFolder:
     """One run folder (or any adapter folder: an `export --adapter-only` folder, a plain peft
     folder), each of its files read once, when first asked for.
@@ -70,7 +76,10 @@ class RunFolder:
     >>> folder = RunFolder(tempfile.mkdtemp())
     >>> _ = folder.recipe_path.write_text("model: {name: m}\\ndata: {dir: nowhere}\\n")
     >>> folder.is_run, folder.base, folder.section("data"), folder.section("lora")
-    (True, 'm', {'dir': 'nowhere'}, {})
+    (False, 'm', {'dir': 'nowhere'}, {})
+    >>> _ = (folder.path / "run.json").write_text("{}")  # only run.json makes it a run
+    >>> folder.is_run
+    True
     >>> folder.run, folder.data_dir, folder.scale
     ({}, None, None)
     """
@@ -92,8 +101,8 @@ class RunFolder:
         >>> RunFolder(run / "checkpoint-8").is_run  # what --overwrite may replace: only the run
         False
         """
-        if (not is_run_dir(self.path) and inner_adapter(self.path)
-                and is_run_dir(self.path.parent)):
+        if (not _describes(self.path) and inner_adapter(self.path)
+                and _describes(self.path.parent)):
             return self.path.parent
         return self.path
 
@@ -103,7 +112,8 @@ class RunFolder:
 
     @property
     def is_run(self) -> bool:
-        """Whether the folder holds a recone-lite run (run.json or recipe.yaml)."""
+        """Whether the folder holds a recone-lite run: its run.json (`runs.is_run_dir`; a
+        recipe.yaml alone may be anyone's)."""
         return is_run_dir(self.path)
 
     @functools.cached_property

@@ -21,16 +21,30 @@ Rules: a finished run is never overwritten unless `--overwrite`; a directory hol
 run is continued only with `--resume` (from its newest complete checkpoint, to the same total step
 count, with the same recipe); `--resume` with no checkpoint yet starts from step 0.
 
-`--overwrite` replaces only a run folder (one with run.json or recipe.yaml): the old run is moved
-aside to `.NAME.PID.replaced` and removed once the new run has started (its model loaded, its
-first run.json written); a new run that fails before that puts the old one back, and the next run
-does so for one that was killed. Any other non-empty folder is refused. One process at a time
+Only `run.json` marks a run folder (recone-lite writes it, first, before recipe.yaml or anything
+else: a placeholder with status "starting" until the run's own record replaces it), so a folder
+holding a recipe.yaml of someone's own is no run. What recone-lite never does to a folder:
+
+- replace or resume in a folder without run.json that holds anything (refused, one line, exit 2);
+- `--overwrite` or `--resume` in a folder that holds an input of the same command (the recipe
+  file, data.dir, --traces and its .cache, init_adapter, model.adapter, a local model.name); the
+  one exception is `--resume` from the run's own recipe.yaml;
+- `--overwrite` a folder holding an entry no run writes (`RUN_ENTRIES`: recone-lite's files,
+  TRL's, transformers' and peft's, `report/` and the demo's test files): the error names the
+  first such entry;
+- `--overwrite` through a symbolic link named as --out.
+
+`--overwrite` replaces only such a run folder: the old run is moved aside to
+`.NAME.PID.replaced` and removed once the new run has started (its model loaded, its first
+run.json written); a new run that fails before that puts the old one back, and the next run
+does so for one that was killed. The current folder is never replaced. One process at a time
 writes a run folder: the lock `.NAME.lock` beside it refuses a second.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import json
 import os
@@ -39,7 +53,7 @@ import shutil
 import subprocess
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +71,24 @@ RECIPE_YAML = "recipe.yaml"
 LOG_JSONL = "log.jsonl"
 WARMUP_ADAPTER = "warmup-adapter"  # in the run folder: the adapter as the warm-up left it
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+STARTING = "starting"  # run.json's status from the folder's check until the run's own record
+
+# Every name a run folder holds that recone-lite, TRL, transformers or peft wrote there (`train`,
+# `sft`, GRPO's warm-up, `report`, `demo`): --overwrite refuses a folder holding anything else.
+RUN_ENTRIES = (
+    RUN_JSON, RECIPE_YAML, LOG_JSONL, "dev-step*.jsonl",  # runs.py, train_loop.py, monitor.py
+    WARMUP_ADAPTER, "warmup",  # warmup.py: the warmed-up adapter, the warm-up's scratch folder
+    "report", "test-sample.jsonl", "test-predictions.jsonl", "test-eval.json",  # report, demo
+    "checkpoint-*", "training_args.bin", "runs",  # transformers: checkpoints, TensorBoard logs
+    "completions", "emissions.csv", "model_architecture.txt",  # TRL's log_completions, report_to
+    "adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "README.md",  # peft
+    "tokenizer*", "special_tokens_map.json", "added_tokens.json", "chat_template.*",  # tokenizer
+    "vocab.*", "merges.txt", "spiece.model", "sentencepiece*.model",
+)
+# what a run writes before it has started (its model loaded, its own run.json written): a folder
+# holding nothing else is what an --overwrite killed before that start left
+_PRE_START = (RUN_JSON, RECIPE_YAML, WARMUP_ADAPTER, "warmup", "runs", "completions")
+_TEMPORARY = re.compile(r"\.(.+)\.\d+\..*\.tmp")  # files.atomic_path's `.NAME.PID.XXXX.tmp`
 
 
 def read_run_json(out: Path) -> dict[str, Any]:
@@ -78,8 +110,54 @@ def inner_adapter(folder: Path) -> bool:
 
 
 def is_run_dir(folder: Path) -> bool:
-    """Whether `folder` holds a recone-lite run (the only kind of folder --overwrite replaces)."""
-    return (folder / RUN_JSON).is_file() or (folder / RECIPE_YAML).is_file()
+    """Whether `folder` holds a recone-lite run: its run.json, which only recone-lite writes (a
+    recipe.yaml may be anyone's). The only kind of folder --overwrite and --resume touch."""
+    return (folder / RUN_JSON).is_file()
+
+
+def foreign_entry(folder: Path, entries: tuple[str, ...] = RUN_ENTRIES) -> str | None:
+    """The first name in `folder` that no run writes (`entries`, or an atomic write's
+    temporary `.NAME.PID.XXXX.tmp` of one), or None.
+
+    >>> import tempfile
+    >>> run = Path(tempfile.mkdtemp())
+    >>> for name in ("run.json", "checkpoint-4", "dev-step8.jsonl", ".log.jsonl.77.ab1.tmp"):
+    ...     _ = (run / name).write_text("")
+    >>> foreign_entry(run) is None
+    True
+    >>> _ = (run / "notes.txt").write_text("mine")
+    >>> foreign_entry(run)
+    'notes.txt'
+    """
+    for path in sorted(folder.iterdir()):
+        temporary = _TEMPORARY.fullmatch(path.name)
+        name = temporary.group(1) if temporary else path.name
+        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in entries):
+            return path.name
+    return None
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies inside it (links followed)."""
+    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
+    return path == folder or folder in path.parents
+
+
+def _input_inside(out: Path, inputs: Mapping[str, Path | str | None], resume: bool
+                  ) -> tuple[str, Path] | None:
+    """The first input (its name on the command line or in the recipe, its path) that lies
+    inside `out`; `--resume` may read the run's own recipe.yaml."""
+    own_recipe = out / RECIPE_YAML
+    for label, value in inputs.items():
+        if value is None or str(value) == "":
+            continue
+        path = Path(value)
+        if resume and label == "--recipe" and own_recipe.is_file() and path.is_file() and \
+                os.path.samefile(path, own_recipe):
+            continue
+        if _inside(path, out):
+            return label, path
+    return None
 
 
 def write_run_json(out: Path, record: dict[str, Any]) -> None:
@@ -213,9 +291,12 @@ class RunStart:
     `started()`, to call once the new run has started (model loaded)."""
 
     def __init__(self, out: Path, checkpoint: Path | None, previous: dict[str, Any],
-                 aside: Path | None = None, created: bool = False) -> None:
+                 aside: Path | None = None, created: bool = False,
+                 recipe_before: bytes | None = None, made: bool = True) -> None:
         self.out, self.checkpoint, self.previous = out, checkpoint, previous
         self.aside, self.created, self.has_started = aside, created, False
+        self.made = made  # the folder itself is this run's (an empty one given stays)
+        self.recipe_before = recipe_before  # a resumed run's recipe.yaml, put back by `undo`
 
     def started(self, record: RunRecord | None = None) -> None:
         """Write the first run.json (when given the record); the replaced run is removed now."""
@@ -240,25 +321,43 @@ class RunStart:
                     shutil.rmtree(child, ignore_errors=True)
                 else:
                     child.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                self.out.rmdir()
+            if self.made:
+                with contextlib.suppress(OSError):
+                    self.out.rmdir()
+        elif self.recipe_before is not None:  # a resumed run: its recipe.yaml as it was
+            (self.out / RECIPE_YAML).write_bytes(self.recipe_before)
+
+
+def _run_status(out: Path) -> str | None:
+    """run.json's status ("" when it has none or cannot be read), None without a run.json."""
+    if not (out / RUN_JSON).is_file():
+        return None
+    try:
+        return str(read_run_json(out).get("status") or "")
+    except InputError:
+        return ""
 
 
 def _restore_killed_overwrite(out: Path) -> None:
     """A run moved aside by an --overwrite that was killed goes back (its replacement never
-    started) or away (its replacement had started). Called with the run folder's lock held, so
-    no live process owns such a folder."""
+    started: run.json is still the placeholder, and the folder holds only what a run writes
+    before it starts) or away (its replacement had started; never through a link). Called with
+    the run folder's lock held, so no live process owns such a folder."""
     for old in sorted(out.parent.glob(f".{glob.escape(out.name)}.*.replaced")):
-        if (out / RUN_JSON).is_file():
+        status = None if out.is_symlink() or not out.is_dir() else _run_status(out)
+        if status not in (None, "", STARTING) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
             warn(f"removed {old}: the run a killed --overwrite had replaced")
-        elif not out.exists() or {p.name for p in out.iterdir()} <= {RECIPE_YAML}:
-            shutil.rmtree(out, ignore_errors=True)
+        elif not out.exists() and not out.is_symlink() or (
+                status in (None, STARTING) and out.is_dir() and not out.is_symlink()
+                and foreign_entry(out, _PRE_START) is None):
+            if out.exists():
+                shutil.rmtree(out)
             os.replace(old, out)
             warn(f"{out}: put back the run that a killed --overwrite had moved aside to {old}")
         else:
-            warn(f"{old} holds the run that a killed --overwrite replaced; {out} holds other "
-                 "files, so it is left for you to remove or move back")
+            warn(f"{old} holds what a killed --overwrite moved aside from {out}, and {out} is "
+                 "not a run that replaced it: both are left for you to remove or move back")
 
 
 def _corrupt_run_json(err: InputError) -> InputError:
@@ -275,44 +374,99 @@ def _checkpoint_step(out: Path) -> dict[str, Any]:
     return {"global_step": state.get("global_step", 0)}
 
 
-def _check_run_dir(out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool) -> RunStart:
+def check_run_out(out: Path, *, resume: bool, overwrite: bool,
+                  inputs: Mapping[str, Path | str | None] | None = None) -> None:
+    """The rules above, read only: InputError (one line, exit 2) where `train` / `sft` may not
+    use `out` with these flags and `inputs` (name -> path of what the command reads). Nothing is
+    written or moved; `open_run_dir` checks again under the folder's lock. Commands call it
+    before loading data or a model; `launch` calls it for each job before starting any."""
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite contradict each other; pass one")
+    out = Path(out)
+    if overwrite and out.is_symlink():
+        raise InputError(f"is a symbolic link (to {os.readlink(out)}); --overwrite moves a run "
+                         "folder aside and never through a link: pass the folder itself or "
+                         "choose another --out", path=out)
     if out.exists() and not out.is_dir():
         raise InputError("exists and is not a directory", path=out)
-    filled = out.is_dir() and any(out.iterdir())
-    if filled and not is_run_dir(out):
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not is_run_dir(out):
         raise InputError(
-            "is not empty and holds no recone-lite run (no run.json or recipe.yaml); "
+            "is not empty and holds no recone-lite run (no run.json); "
             + ("--overwrite replaces only a run folder; " if overwrite else "")
             + "choose a new or empty folder for --out", path=out)
-    if overwrite and filled:
+    if resume or overwrite:
+        found = _input_inside(out, inputs or {}, resume)
+        if found is not None:
+            doing = "--overwrite replaces" if overwrite else "--resume writes into"
+            raise InputError(f"lies inside --out {out}, which {doing}; a run never uses a "
+                             "folder holding its own inputs: move it out or choose another --out",
+                             path=found[1], field=found[0])
+    if overwrite:
         if holds_cwd(out):
             raise InputError("is the current folder or holds it; --overwrite will not move it "
                              "away: run from another folder", path=out)
+        foreign = foreign_entry(out)
+        if foreign is not None:
+            raise InputError(f"holds {foreign}, which no recone-lite run writes; --overwrite "
+                             f"would remove it: move it out of {out} or choose another --out",
+                             path=out)
+        return
+    try:
+        status = read_run_json(out).get("status")
+    except InputError as err:
+        if resume:
+            return
+        raise _corrupt_run_json(err) from None
+    if status == "finished":
+        raise InputError(
+            "holds a finished run; pass --overwrite to replace it or choose another --out", path=out
+        )
+    if not resume:
+        checkpoint = latest_checkpoint(out, quiet=True)
+        where = f" (newest complete checkpoint: {checkpoint.name})" if checkpoint else ""
+        raise InputError(
+            f"holds an unfinished run{where}; pass --resume to continue it or --overwrite to start "
+            "again",
+            path=out,
+        )
+
+
+def _begin(out: Path, recipe_yaml: str) -> None:
+    """Mark `out` a run folder (run.json first, a placeholder unless one is there), then write
+    the recipe: a run killed from here on leaves a folder that --resume and --overwrite take."""
+    if not (out / RUN_JSON).is_file():
+        write_run_json(out, {"status": STARTING})
+    (out / RECIPE_YAML).write_text(recipe_yaml, encoding="utf-8")
+
+
+def _check_run_dir(out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool,
+                   inputs: Mapping[str, Path | str | None] | None = None) -> RunStart:
+    check_run_out(out, resume=resume, overwrite=overwrite, inputs=inputs)
+    filled = out.is_dir() and any(out.iterdir())
+    if overwrite and filled:
         aside = out.parent / f".{out.name}.{os.getpid()}.replaced"
         os.replace(out, aside)
         info(f"{out}: the earlier run is moved aside ({aside.name}) until the new one starts")
         try:  # nothing of the old run is left in `out` to check: write the new recipe
             out.mkdir()
-            (out / RECIPE_YAML).write_text(recipe_yaml, encoding="utf-8")
+            _begin(out, recipe_yaml)
         except BaseException:
             RunStart(out, None, {}, aside).undo()
             raise
         return RunStart(out, None, {}, aside)
     try:
         previous = read_run_json(out) if out.is_dir() else {}
-    except InputError as err:
-        if not resume:
-            raise _corrupt_run_json(err) from None
+    except InputError as err:  # check_run_out let it through: --resume
         warn(f"{err}; --resume goes on from the newest checkpoint's own state (the earlier "
              "record of dev evaluations and alarms is lost)")
         previous = _checkpoint_step(out)
-    if previous.get("status") == "finished":
-        raise InputError(
-            "holds a finished run; pass --overwrite to replace it or choose another --out", path=out
-        )
+    if previous.get("status") == STARTING:  # a run killed before it started: nothing to carry
+        previous = {}
     checkpoint = latest_checkpoint(out) if out.is_dir() else None
+    saved = out / RECIPE_YAML
     if resume:
-        saved = out / RECIPE_YAML
         if checkpoint is not None and saved.is_file():
             # a run folder moved or copied elsewhere resumes where it is now
             change = recipe_difference(saved.read_text(encoding="utf-8"), recipe_yaml,
@@ -330,23 +484,26 @@ def _check_run_dir(out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
             step = int(checkpoint.name.removeprefix("checkpoint-"))
             for key in ("dev_history", "alarms"):
                 previous[key] = [e for e in previous.get(key) or [] if e.get("step", 0) <= step]
-    elif out.is_dir() and any(out.iterdir()):
-        where = f" (newest complete checkpoint: {checkpoint.name})" if checkpoint else ""
-        raise InputError(
-            f"holds an unfinished run{where}; pass --resume to continue it or --overwrite to start "
-            "again",
-            path=out,
-        )
+    before = saved.read_bytes() if filled and saved.is_file() else None
+    made = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    (out / RECIPE_YAML).write_text(recipe_yaml, encoding="utf-8")
-    return RunStart(out, checkpoint, previous, created=not filled)
+    start = RunStart(out, checkpoint, previous, created=not filled, recipe_before=before,
+                     made=made)
+    try:
+        _begin(out, recipe_yaml)
+    except BaseException:
+        start.undo()
+        raise
+    return start
 
 
 @contextlib.contextmanager
 def open_run_dir(
-    out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool
+    out: Path, recipe_yaml: str, *, resume: bool, overwrite: bool,
+    inputs: Mapping[str, Path | str | None] | None = None,
 ) -> Iterator[RunStart]:
-    """Hold `out` for a run: lock it against a second writer, check it by the rules above, write
+    """Hold `out` for a run: lock it against a second writer, check it by the rules above
+    (`check_run_out`, with the command's `inputs`), write run.json's placeholder and
     `recipe.yaml`, yield a RunStart. Raises InputError where the rules forbid going on.
 
     Call `started()` once the run has started; if the block raises before that, `out` is put
@@ -363,7 +520,8 @@ def open_run_dir(
     exit_on_sigterm()  # SIGTERM runs the cleanup below instead of killing outright
     with writer_lock(out):
         _restore_killed_overwrite(out)
-        start = _check_run_dir(out, recipe_yaml, resume=resume, overwrite=overwrite)
+        start = _check_run_dir(out, recipe_yaml, resume=resume, overwrite=overwrite,
+                               inputs=inputs)
         try:
             yield start
         except BaseException:

@@ -31,7 +31,7 @@ from recone_lite.monitor import make_monitor
 from recone_lite.prepared import iter_split
 from recone_lite.prompts import count_tokens
 from recone_lite.rewards import completion_text, format_ok, parse_rating
-from recone_lite.runs import RunRecord, open_run_dir
+from recone_lite.runs import RunRecord, check_run_out, is_main_process, open_run_dir
 from recone_lite.traces import leaks_hint, rating_matches
 from recone_lite.train_loop import run_trainer
 from recone_lite.training import (
@@ -41,6 +41,7 @@ from recone_lite.training import (
     load_data,
     load_trainable,
     render_rows,
+    run_inputs,
     sft_config,
     sft_row,
     sft_trainer,
@@ -235,6 +236,9 @@ def train(
         raise InputError("is a folder, not a trace file" if Path(traces).is_dir() else
                          "no such trace file", path=traces)
     out = Path(recipe.output_dir)
+    inputs = run_inputs(recipe, recipe_name, traces)
+    if not dry_run and is_main_process():  # before any data or model loads (again under the lock)
+        check_run_out(out, resume=resume, overwrite=overwrite, inputs=inputs)
     data = load_data(recipe.data, {recipe.data.eval_split: recipe.data.eval_limit}, recipe.seed)
     check_gpu_path(recipe)
     args = sft_config(recipe.sft, recipe, out)
@@ -249,7 +253,8 @@ def train(
         return {**plan, "counts": dict(counts)}
     # the folder is locked while the run lasts; a run that --overwrite replaces is removed only
     # once this one has started (model loaded, trainer built, run.json written), else put back
-    with open_run_dir(out, dump_recipe(recipe), resume=resume, overwrite=overwrite) as start:
+    with open_run_dir(out, dump_recipe(recipe), resume=resume, overwrite=overwrite,
+                      inputs=inputs) as start:
         checkpoint = start.checkpoint
         record = RunRecord(out, "sft", recipe_name, recipe.seed, start.previous)
         model, tokenizer = load_trainable(recipe)

@@ -500,7 +500,8 @@ def resolve_recipe(
     update: dict[str, Any] = {}
     path = resolve_recipe_path(name)
     if out is None and path.name == RECIPE_YAML and RunFolder(path.parent).is_run:
-        out = path.parent  # a run's own recipe.yaml: that run, wherever it has been moved to
+        out = path.parent  # a run's own recipe.yaml (run.json beside it): that run, wherever it
+        # has been moved to; a recipe.yaml of someone's own keeps the recipe's output_dir
     if out is not None:
         update["output_dir"] = str(out)
     if init_adapter is not None:
@@ -508,3 +509,25 @@ def resolve_recipe(
     return recipe.model_copy(update=update) if update else recipe
 
 
+
+
+def run_inputs(recipe: Recipe, recipe_name: str = "", traces: Path | None = None
+               ) -> dict[str, Path | str | None]:
+    """What a run reads, by the name the user gave it (the flag or the recipe key): `train` and
+    `sft` refuse an --out folder that holds one of them with --overwrite or --resume
+    (`runs.check_run_out`)."""
+    found: dict[str, Path | str | None] = {}
+    if recipe_name:
+        try:
+            found["--recipe"] = resolve_recipe_path(recipe_name)
+        except InputError:
+            pass  # a recipe given as an object, not a file
+    found["data.dir"] = recipe.data.dir
+    found["init_adapter"] = recipe.init_adapter
+    found["model.adapter"] = recipe.model.adapter
+    if Path(recipe.model.name).exists():  # a local model folder or GGUF file, not a hub id
+        found["model.name"] = recipe.model.name
+    if traces is not None:
+        found["--traces"] = traces
+        found["the traces' cache"] = Path(f"{traces}.cache")
+    return found

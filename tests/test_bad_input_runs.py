@@ -153,7 +153,8 @@ def test_a_new_run_that_fails_to_start_puts_the_old_run_back(tmp_path: Path) -> 
     with pytest.raises(RuntimeError, match="model did not load"):
         with open_run_dir(out, "a: 2\n", resume=False, overwrite=True) as start:
             assert (out / "recipe.yaml").read_text() == "a: 2\n" and start.checkpoint is None
-            assert not (out / "run.json").exists()  # the old run is aside, not deleted
+            # the old run is aside, not deleted; run.json is the new run's placeholder
+            assert json.loads((out / "run.json").read_text()) == {"status": "starting"}
             assert [n for n in hidden(tmp_path) if n.endswith(".replaced")]
             raise RuntimeError("model did not load")
     assert snapshot(out) == old and hidden(tmp_path) == []
@@ -161,7 +162,8 @@ def test_a_new_run_that_fails_to_start_puts_the_old_run_back(tmp_path: Path) -> 
     with open_run_dir(out, "a: 2\n", resume=False, overwrite=True) as start:
         start.started()  # model loaded, trainer built: the old run goes now
         assert hidden(tmp_path) == [".run.lock"]
-    assert snapshot(out) == {"recipe.yaml": b"a: 2\n"} and hidden(tmp_path) == []
+    assert snapshot(out).keys() == {"recipe.yaml", "run.json"} and hidden(tmp_path) == []
+    assert (out / "recipe.yaml").read_text() == "a: 2\n"
 
     fresh = tmp_path / "fresh"  # a first run that fails to start leaves nothing behind
     with pytest.raises(RuntimeError), open_run_dir(fresh, "a: 1\n", resume=False,
@@ -212,7 +214,7 @@ def test_a_killed_overwrite_is_undone_by_the_next_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     old = fake_run(out)
     process = overwriting_holder(out, tmp_path / "ready")
-    assert not (out / "run.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "starting"  # not started
     process.send_signal(signal.SIGKILL)  # no cleanup runs: the old run waits aside
     process.wait()
     assert [n for n in hidden(tmp_path) if n.endswith(".replaced")]
