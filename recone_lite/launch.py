@@ -38,6 +38,8 @@ import yaml
 from recone_lite import log
 from recone_lite.config import LaunchSection, load_recipe, recipes_dir
 from recone_lite.errors import InputError, ReconeError
+from recone_lite.runs import check_run_out
+from recone_lite.training import run_inputs
 
 BASE_PORT = 29500  # torch.distributed's default; job i rendezvous on BASE_PORT + i
 
@@ -225,7 +227,9 @@ def run_jobs(commands: list[Command], *, refresh: float = 1.0) -> list[dict[str,
     jobs = [Running(c) for c in commands]
     for job in jobs:
         job.command.log.parent.mkdir(parents=True, exist_ok=True)
-        job.handle = job.command.log.open("w", encoding="utf-8")
+        # appended: a second launch (a --resume, or one whose jobs are refused) keeps what the
+        # earlier attempts logged
+        job.handle = job.command.log.open("a", encoding="utf-8")
         job.handle.write(f"$ {job.command.shell()}\n")
         job.handle.flush()
         job.process = subprocess.Popen(
@@ -301,6 +305,8 @@ def launch_recipe(
                          field="launch")
     commands = build_commands(recipe_ref, recipe.launch, cpu=cpu, only=only,
                               train_flags=train_flags, output_dir=output_dir)
+    run_dirs = {c.name: c.run_dir for c in commands}
+    flags = train_flags or []
     for job in recipe.launch.jobs:
         if not only or job.name in only:
             job_recipe = load_recipe(job.recipe or recipe_ref, job.overrides)  # a bad override
@@ -309,6 +315,11 @@ def launch_recipe(
                 raise InputError(f"job {job.name} asks for model.trust_remote_code: true, which "
                                  "runs the model repository's own Python code; pass "
                                  "--trust-remote-code on the command line to allow it")
+            if not dry_run:  # each job's run folder as its `train` will check it, before any
+                # job starts or any log is opened: a refused job is one line here, exit 2
+                check_run_out(run_dirs[job.name], resume="--resume" in flags,
+                              overwrite="--overwrite" in flags,
+                              inputs=run_inputs(job_recipe, job.recipe or recipe_ref))
     if dry_run:
         return [c.shell() for c in commands]
     log.info(f"launch: {len(commands)} jobs; logs in {commands[0].log.parent}")

@@ -6,13 +6,16 @@ recipe, with their own run directories."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from pydantic import ValidationError
-from training_helpers import write_prepared
+from test_bad_input_runs import fake_run, hidden, one_line, snapshot
+from training_helpers import cli as cli_run
+from training_helpers import write_prepared, write_recipe
 from typer.testing import CliRunner
 
 from recone_lite.cli import app
@@ -166,3 +169,49 @@ def test_two_cpu_jobs_side_by_side_one_of_them_on_two_gloo_ranks(tmp_path: Path)
     adapters = (tmp_path / "runs" / "ddp").rglob("adapter_model.safetensors")
     assert [p.parent.name for p in adapters if not p.parent.name.startswith("checkpoint-")] == [
         "ddp"], "one adapter, saved by rank 0 only"
+
+
+# --- a second launch keeps what the first left: the jobs' folders, their logs ------------------
+
+
+def refused(result: subprocess.CompletedProcess, *parts: str) -> str:
+    assert result.stdout == "", result.stdout
+    return one_line(result.stderr, result.returncode, *parts)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_prepared(tmp_path_factory.mktemp("data") / "tiny")
+
+
+def test_launch_checks_its_jobs_folders_before_opening_their_logs(
+    prepared: Path, tmp_path: Path
+) -> None:
+    """A second `launch` without --resume/--overwrite truncated every job's log, then each job
+    exited 2: now it exits 2 before any log is opened or job started."""
+    out = tmp_path / "launch"
+    recipe = write_recipe(tmp_path / "l.yaml", prepared, tmp_path / "unused",
+                          launch={"gpus": 2, "output_dir": str(out),
+                                  "jobs": [{"name": "a"}, {"name": "b"}]})
+    fake_run(out / "a")
+    (out / "logs").mkdir()
+    for name in ("a", "b"):
+        (out / "logs" / f"{name}.log").write_text(f"$ the first launch of {name}\nstep 1 ...\n")
+    before = snapshot(out)
+    result = cli_run("launch", "--recipe", recipe, "--cpu")
+    refused(result, str(out / "a"), "holds a finished run")
+    assert snapshot(out) == before and hidden(out) == []
+    (out / "a" / "notes.txt").write_text("mine")
+    result = cli_run("launch", "--recipe", recipe, "--cpu", "--overwrite")
+    refused(result, "holds notes.txt, which no recone-lite run writes")
+    assert yaml.safe_load(recipe.read_text())["launch"]["output_dir"] == str(out)
+
+
+def test_launch_appends_to_a_jobs_log(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "a.log"
+    log.parent.mkdir()
+    log.write_text("$ the first attempt\nkilled at step 3\n")
+    job = Command("a", 1, [sys.executable, "-c", "print('second')"], {}, tmp_path / "a", log)
+    assert run_jobs([job], refresh=0.1)[0]["status"] == "finished"
+    text = log.read_text()
+    assert text.startswith("$ the first attempt\nkilled at step 3\n$ ") and "second" in text
