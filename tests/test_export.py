@@ -230,6 +230,14 @@ def test_overwrite_replaces_an_existing_export_only(tiny, tmp_path):
     export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
     assert (out / "model.safetensors").is_file()
     assert not (out / "model-00001-of-00002.safetensors").exists()
+    written = sorted(p.name for p in out.iterdir())
+    # a real export holds nothing outside LAYOUT: it is replaced again, merged or adapter-only
+    export(tiny["run"], merged=out, overwrite=True, verify=False, dtype="fp32")
+    assert sorted(p.name for p in out.iterdir()) == written
+    export(tiny["run"], adapter_only=out, overwrite=True)
+    export(tiny["run"], adapter_only=out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "recone.json"]
 
 
 def test_adapter_for_another_base_is_refused(tiny, tmp_path):
