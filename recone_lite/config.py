@@ -54,7 +54,8 @@ class DataSection(Strict):
     train_split: str = "train"
     eval_split: str = "dev"
     train_limit: int | None = Field(None, gt=0, description="use at most this many train examples")
-    eval_limit: int | None = Field(64, gt=0, description="dev examples per evaluation")
+    eval_limit: int | None = Field(64, gt=0, description="dev examples per evaluation (a sample "
+                                   "drawn with a fixed seed: the same rows whatever the seed)")
     max_history: int | None = Field(
         None, gt=0, description="show at most the newest N history items (the budget may cut more)"
     )

@@ -75,11 +75,15 @@ class Data:
     fallback: float  # the global mean of the train ratings: what a failed answer is scored as
 
 
+EVAL_SAMPLE_SEED = 0  # the eval split's sample (data.eval_limit) is drawn with this seed
+
+
 def load_data(section: DataSection, want: dict[str, int | None], seed: int) -> Data:
     """Read the splits in `want` (`{split: at most this many examples, None for all}`); a missing
     directory or split is one clear error. The train split is always streamed once, for the
     fallback (the global mean of its ratings, as `eval` computes it), and only a seeded sample
-    of it is kept, so a 100k-example train file costs seconds and little memory."""
+    of it is kept, so a 100k-example train file costs seconds and little memory. The eval split's
+    sample is drawn with EVAL_SAMPLE_SEED, not `seed`."""
     folder = Path(section.dir)
     if not folder.is_dir():
         raise InputError(
@@ -97,7 +101,10 @@ def load_data(section: DataSection, want: dict[str, int | None], seed: int) -> D
     scale = read_scale(folder)
     splits, sizes, ratings = {}, {}, []
     for split, limit in want.items():
-        sample = Reservoir(limit, seed)
+        # the eval sample is the same rows whatever the recipe's seed (EVAL_SAMPLE_SEED), so runs
+        # that differ in their seed are measured on the same dev examples; training samples
+        # follow the seed
+        sample = Reservoir(limit, EVAL_SAMPLE_SEED if split == section.eval_split else seed)
         examples = (sample.add(e) for e in iter_split(folder, split))
         if split == section.train_split and section.train_recent and limit != 0:
             ratings = train_ratings(iter_split(folder, split))

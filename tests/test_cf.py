@@ -17,7 +17,7 @@ from data_helpers import amazon_2023, read_all
 from test_data_prepare import random_reviews
 
 from recone_lite.baselines import baseline_predictions, fit_on_train
-from recone_lite.config import DataSection
+from recone_lite.config import DataSection, load_recipe
 from recone_lite.data.prepare import Options, prepare
 from recone_lite.prompts import PromptStyle, build_messages
 from recone_lite.training import load_data
@@ -147,3 +147,15 @@ def test_a_warmup_whose_answers_do_not_fit_is_named_before_training(base, smollm
     assert rollouts and "grpo.max_completion_length=20" in rollouts
     assert answer_room_problem(rows, tokenizer, load_recipe("cpu-quality", [
         "evaluation.max_new_tokens=512", "grpo.max_completion_length=512"])) is None
+
+
+def test_the_dev_sample_is_the_same_rows_whatever_the_seed(ml_100k_dir: Path) -> None:
+    """Runs that differ in their seed are measured on the same dev examples (stop 28: seed 1's
+    500 dev rows were other rows, and its dev numbers not comparable); the train sample follows
+    the seed."""
+    section = load_recipe("cpu-quality", [f"data.dir={ml_100k_dir}"]).data
+    ids = {seed: load_data(section, {"dev": 100, "train": 50}, seed=seed) for seed in (0, 1)}
+    dev = [[e["id"] for e in ids[seed].splits["dev"]] for seed in (0, 1)]
+    train = [[e["id"] for e in ids[seed].splits["train"]] for seed in (0, 1)]
+    assert dev[0] == dev[1] and len(dev[0]) == 100
+    assert train[0] != train[1] and len(train[0]) == 50
