@@ -14,6 +14,7 @@ import errno
 import fcntl
 import fnmatch
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -61,6 +62,9 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+_TEMPORARY = re.compile(r"\.(.+)\.\d+\..*\.tmp")  # atomic_path's `.NAME.PID.XXXX.tmp` of NAME
 
 
 def writer_pid(name: str, final_name: str) -> int | None:
@@ -158,12 +162,17 @@ def foreign_entry(out: Path, layout: Layout) -> str | None:
     >>> _ = (root / "report.html").write_text("x"); _ = (root / "loss.png").write_text("x")
     >>> foreign_entry(root, ("report.html", "*.png")) is None
     True
+    >>> _ = (root / ".report.html.77.ab1.tmp").write_text("")  # an atomic write of its own
+    >>> foreign_entry(root, ("report.html", "*.png")) is None
+    True
     >>> _ = (root / "notes.txt").write_text("mine")
     >>> foreign_entry(root, ("report.html", "*.png"))
     'notes.txt'
     """
     for name in sorted(os.listdir(out)):
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in layout):
+        temporary = _TEMPORARY.fullmatch(name)
+        own = temporary.group(1) if temporary else name
+        if not any(fnmatch.fnmatchcase(own, pattern) for pattern in layout):
             return name
     return None
 

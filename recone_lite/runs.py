@@ -44,7 +44,6 @@ writes a run folder: the lock `.NAME.lock` beside it refuses a second.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import glob
 import json
 import os
@@ -60,7 +59,14 @@ from typing import Any
 import yaml
 
 from recone_lite.errors import InputError
-from recone_lite.files import atomic_path, exit_on_sigterm, holds_cwd, writer_lock
+from recone_lite.files import (
+    atomic_path,
+    exit_on_sigterm,
+    foreign_entry,
+    holds_cwd,
+    lies_inside,
+    writer_lock,
+)
 from recone_lite.gpu import device_name
 from recone_lite.jsonl import dumps, read_json_object
 from recone_lite.log import info, warn
@@ -88,7 +94,6 @@ RUN_ENTRIES = (
 # what a run writes before it has started (its model loaded, its own run.json written): a folder
 # holding nothing else is what an --overwrite killed before that start left
 _PRE_START = (RUN_JSON, RECIPE_YAML, WARMUP_ADAPTER, "warmup", "runs", "completions")
-_TEMPORARY = re.compile(r"\.(.+)\.\d+\..*\.tmp")  # files.atomic_path's `.NAME.PID.XXXX.tmp`
 
 
 def read_run_json(out: Path) -> dict[str, Any]:
@@ -115,34 +120,6 @@ def is_run_dir(folder: Path) -> bool:
     return (folder / RUN_JSON).is_file()
 
 
-def foreign_entry(folder: Path, entries: tuple[str, ...] = RUN_ENTRIES) -> str | None:
-    """The first name in `folder` that no run writes (`entries`, or an atomic write's
-    temporary `.NAME.PID.XXXX.tmp` of one), or None.
-
-    >>> import tempfile
-    >>> run = Path(tempfile.mkdtemp())
-    >>> for name in ("run.json", "checkpoint-4", "dev-step8.jsonl", ".log.jsonl.77.ab1.tmp"):
-    ...     _ = (run / name).write_text("")
-    >>> foreign_entry(run) is None
-    True
-    >>> _ = (run / "notes.txt").write_text("mine")
-    >>> foreign_entry(run)
-    'notes.txt'
-    """
-    for path in sorted(folder.iterdir()):
-        temporary = _TEMPORARY.fullmatch(path.name)
-        name = temporary.group(1) if temporary else path.name
-        if not any(fnmatch.fnmatchcase(name, pattern) for pattern in entries):
-            return path.name
-    return None
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    """Whether `path` is `folder` or lies inside it (links followed)."""
-    path, folder = Path(os.path.realpath(path)), Path(os.path.realpath(folder))
-    return path == folder or folder in path.parents
-
-
 def _input_inside(out: Path, inputs: Mapping[str, Path | str | None], resume: bool
                   ) -> tuple[str, Path] | None:
     """The first input (its name on the command line or in the recipe, its path) that lies
@@ -155,7 +132,7 @@ def _input_inside(out: Path, inputs: Mapping[str, Path | str | None], resume: bo
         if resume and label == "--recipe" and own_recipe.is_file() and path.is_file() and \
                 os.path.samefile(path, own_recipe):
             continue
-        if _inside(path, out):
+        if lies_inside(path, out):
             return label, path
     return None
 
@@ -407,7 +384,7 @@ def check_run_out(out: Path, *, resume: bool, overwrite: bool,
         if holds_cwd(out):
             raise InputError("is the current folder or holds it; --overwrite will not move it "
                              "away: run from another folder", path=out)
-        foreign = foreign_entry(out)
+        foreign = foreign_entry(out, RUN_ENTRIES)
         if foreign is not None:
             raise InputError(f"holds {foreign}, which no recone-lite run writes; --overwrite "
                              f"would remove it: move it out of {out} or choose another --out",

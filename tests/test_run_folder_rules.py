@@ -20,7 +20,8 @@ from test_bad_input_runs import fake_run, hidden, holder, one_line, snapshot
 from training_helpers import prepare_run_dir, write_prepared, write_recipe
 
 from recone_lite.errors import InputError
-from recone_lite.runs import RUN_ENTRIES, check_run_out, foreign_entry, open_run_dir
+from recone_lite.files import foreign_entry
+from recone_lite.runs import RUN_ENTRIES, check_run_out, open_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +231,7 @@ def test_everything_a_run_report_and_demo_write_is_replaced(tmp_path: Path) -> N
     for name in ("checkpoint-8", "warmup-adapter", "warmup", "report", "runs", "completions"):
         (run / name).mkdir()
         (run / name / "inside.bin").write_text("x")
-    assert foreign_entry(run) is None
+    assert foreign_entry(run, RUN_ENTRIES) is None
     with open_run_dir(run, "a: 2\n", resume=False, overwrite=True) as start:
         start.started()
     assert sorted(p.name for p in run.iterdir()) == ["recipe.yaml", "run.json"]
