@@ -58,11 +58,16 @@ def experiment(folder: Path, prepared: Path) -> dict[str, bytes]:
     folder.mkdir(parents=True)
     write_recipe(folder / "recipe.yaml", folder / "data", folder.parent / "elsewhere")
     (folder / "notes.md").write_text("what I tried\n")
+    put_inputs(folder, prepared)
+    return snapshot(folder)
+
+
+def put_inputs(folder: Path, prepared: Path) -> None:
+    """A copy of the data, traces and the paid teacher replies cached beside them."""
     write_prepared(folder / "data")
     traces_of(prepared, folder / "traces.jsonl")
     (folder / "traces.jsonl.cache").mkdir()
     (folder / "traces.jsonl.cache" / "0a1b.json").write_text('{"reply": "paid for"}')
-    return snapshot(folder)
 
 
 # --- (a) + (b): a recipe.yaml is no run ----------------------------------------------------------
@@ -157,10 +162,7 @@ def test_an_empty_out_given_stays_when_the_run_fails_to_start(tmp_path: Path) ->
 def run_with_inputs(run: Path, prepared: Path) -> dict[str, bytes]:
     """A finished run folder into which someone put the data, traces and cache it used."""
     fake_run(run)
-    write_prepared(run / "data")
-    traces_of(prepared, run / "traces.jsonl")
-    (run / "traces.jsonl.cache").mkdir()
-    (run / "traces.jsonl.cache" / "0a1b.json").write_text('{"reply": "paid for"}')
+    put_inputs(run, prepared)
     return snapshot(run)
 
 
