@@ -192,14 +192,28 @@ def lies_inside(path: str | Path, folder: str | Path) -> bool:
     return False
 
 
+def first_inside(out: str | Path, inputs: Iterable[tuple[str | Path | None, str]]
+                 ) -> tuple[str | Path, str] | None:
+    """The first input (path, its flag) that lies inside `out`, or None; None and empty paths
+    are skipped.
+
+    >>> first_inside("data", [(None, "--meta"), ("u.item", "--reviews"), ("data/u.data", "--x")])
+    ('data/u.data', '--x')
+    """
+    for given, given_flag in inputs:
+        if given is not None and str(given) != "" and lies_inside(given, out):
+            return given, given_flag
+    return None
+
+
 def check_inputs_outside(out: str | Path, inputs: Iterable[tuple[str | Path | None, str]],
                          flag: str = "--out") -> None:
     """InputError (exit 2) naming the first input (path, its flag) that lies inside `out`:
     replacing `out` would delete what the command reads. None inputs are skipped."""
-    for given, given_flag in inputs:
-        if given is not None and lies_inside(given, out):
-            raise InputError(f"lies inside {flag} {out}, which this command replaces; move it "
-                             f"or choose another {flag}", path=given, field=given_flag)
+    found = first_inside(out, inputs)
+    if found is not None:
+        raise InputError(f"lies inside {flag} {out}, which this command replaces; move it "
+                         f"or choose another {flag}", path=found[0], field=found[1])
 
 
 def folder_problem(out: Path, marker: Markers | None, layout: Layout | None = None) -> str | None:

@@ -62,9 +62,9 @@ from recone_lite.errors import InputError
 from recone_lite.files import (
     atomic_path,
     exit_on_sigterm,
+    first_inside,
     foreign_entry,
     holds_cwd,
-    lies_inside,
     writer_lock,
 )
 from recone_lite.gpu import device_name
@@ -121,20 +121,17 @@ def is_run_dir(folder: Path) -> bool:
 
 
 def _input_inside(out: Path, inputs: Mapping[str, Path | str | None], resume: bool
-                  ) -> tuple[str, Path] | None:
-    """The first input (its name on the command line or in the recipe, its path) that lies
-    inside `out`; `--resume` may read the run's own recipe.yaml."""
+                  ) -> tuple[str | Path, str] | None:
+    """The first input (its path, its name on the command line or in the recipe) that lies
+    inside `out` (`files.first_inside`); `--resume` may read the run's own recipe.yaml."""
     own_recipe = out / RECIPE_YAML
-    for label, value in inputs.items():
-        if value is None or str(value) == "":
-            continue
-        path = Path(value)
-        if resume and label == "--recipe" and own_recipe.is_file() and path.is_file() and \
-                os.path.samefile(path, own_recipe):
-            continue
-        if lies_inside(path, out):
-            return label, path
-    return None
+
+    def own(label: str, value: Path | str | None) -> bool:
+        return (resume and label == "--recipe" and value is not None and own_recipe.is_file()
+                and Path(value).is_file() and os.path.samefile(value, own_recipe))
+
+    return first_inside(out, ((value, label) for label, value in inputs.items()
+                              if not own(label, value)))
 
 
 def write_run_json(out: Path, record: dict[str, Any]) -> None:
@@ -379,7 +376,7 @@ def check_run_out(out: Path, *, resume: bool, overwrite: bool,
             doing = "--overwrite replaces" if overwrite else "--resume writes into"
             raise InputError(f"lies inside --out {out}, which {doing}; a run never uses a "
                              "folder holding its own inputs: move it out or choose another --out",
-                             path=found[1], field=found[0])
+                             path=found[0], field=found[1])
     if overwrite:
         if holds_cwd(out):
             raise InputError("is the current folder or holds it; --overwrite will not move it "
