@@ -175,13 +175,15 @@ def blend(recipe: Any, data: Path, examples: list[dict[str, Any]], scale: tuple[
 
 def added_information(recipe: Any, data: Path, dev_rows: list[dict[str, Any]],
                       test_rows: list[dict[str, Any]], examples: list[dict[str, Any]],
-                      scale: tuple[float, float], fallback: float) -> dict[str, Any]:
+                      scale: tuple[float, float], fallback: float, key: str = "rating"
+                      ) -> dict[str, Any]:
     """Does the model know more than the numbers in its prompt? Two least-squares stacks fitted
     on the same dev rows (the run's dev predictions): the prompt's numbers alone, and the numbers
     with the model's prediction as one more feature, both scored on test with a paired bootstrap.
     If the model only re-weighted its evidence, the second stack is no better out of sample; a
     better one means its prediction carries what the numbers do not (the model's weight says how
-    much). Dev fits it, test scores it: dev is never test."""
+    much). The dev rows' `rating` is the recipe's readout; `key` is the same readout in the
+    test rows. Dev fits it, test scores it: dev is never test."""
     by_id = {e["id"]: e for e in iter_split(data, recipe.data.eval_split)}
     dev = [r for r in dev_rows if r.get("id") in by_id]
     value = lambda r: fallback if r.get("rating") is None else float(r["rating"])  # noqa: E731
@@ -190,7 +192,7 @@ def added_information(recipe: Any, data: Path, dev_rows: list[dict[str, Any]],
     alone = least_squares(numbers, truths)
     stacked = least_squares([n + [value(r)] for n, r in zip(numbers, dev, strict=True)], truths)
     test_numbers = [prompt_numbers(e, recipe.data, scale)[1] for e in examples]
-    model = filled(test_rows, examples, "rating", fallback)
+    model = filled(test_rows, examples, key, fallback)
     a = apply(stacked, [n + [m] for n, m in zip(test_numbers, model, strict=True)], scale)
     b = apply(alone, test_numbers, scale)
     test_truths = [float(e["rating"]) for e in examples]
@@ -350,16 +352,13 @@ def main(argv: list[str] | None = None) -> int:
         for stage, adapter in (("warmup", args.out / WARMUP_ADAPTER), ("grpo", args.out)):
             timings[f"predict_{stage}_s"] = predict_stage(recipe, requests, adapter,
                                                           predictions / f"{stage}{suffix}.jsonl")
-    stages = {}
-    for stage in ("before", "warmup", "grpo"):
-        rows = [row for _, row in read_jsonl(predictions / f"{stage}{suffix}.jsonl")]
-        stages[stage] = score(rows, examples, scale, note["global_mean"])
+    rows = {stage: [row for _, row in read_jsonl(predictions / f"{stage}{suffix}.jsonl")]
+            for stage in ("before", "warmup", "grpo")}
+    stages = {stage: score(rows[stage], examples, scale, note["global_mean"]) for stage in rows}
     readout, fallback = recipe.evaluation.readout, note["global_mean"]
     key = "rating" if readout == "expected" else "text_rating"
-    final = filled([row for _, row in read_jsonl(predictions / f"grpo{suffix}.jsonl")],
-                   examples, key, fallback)
-    warm = filled([row for _, row in read_jsonl(predictions / f"warmup{suffix}.jsonl")],
-                  examples, key, fallback)
+    final = filled(rows["grpo"], examples, key, fallback)
+    warm = filled(rows["warmup"], examples, key, fallback)
     comparisons = {"test: after GRPO - biased MF": (final, baseline_rows["mf"]),
                    "test: after GRPO - item-kNN": (final, baseline_rows["knn"]),
                    "test: after GRPO - blend": (final, blended),
@@ -367,25 +366,24 @@ def main(argv: list[str] | None = None) -> int:
     bootstrap = {name: {"n": len(truths), **paired_bootstrap(a, b, truths, scale)}
                  for name, (a, b) in comparisons.items()}
     steps = run.get("global_step")
-    dev_before, dev_after = args.out / "dev-step0.jsonl", args.out / f"dev-step{steps}.jsonl"
-    if dev_before.is_file() and dev_after.is_file():
-        before = {r["id"]: r for _, r in read_jsonl(dev_before)}
-        after = [r for _, r in read_jsonl(dev_after)]
+    dev_files = {"warmup": args.out / "dev-step0.jsonl",
+                 "grpo": args.out / f"dev-step{steps}.jsonl"}
+    dev = {stage: [r for _, r in read_jsonl(path)]
+           for stage, path in dev_files.items() if path.is_file()}
+    if len(dev) == 2:
+        before = {r["id"]: r for r in dev["warmup"]}
+        after = dev["grpo"]
         dev_truths = [float(r["truth"]) for r in after]
         value = lambda r: fallback if r.get("rating") is None else float(r["rating"])  # noqa: E731
         bootstrap["dev: after GRPO - after warm-up"] = {
             "n": len(after), **paired_bootstrap([value(r) for r in after],
                                                 [value(before[r["id"]]) for r in after],
                                                 dev_truths, scale)}
-    added = {}
-    for stage, dev_file in (("warmup", dev_before), ("grpo", dev_after)):
-        if dev_file.is_file():
-            added[stage] = added_information(
-                recipe, args.data, [r for _, r in read_jsonl(dev_file)],
-                [r for _, r in read_jsonl(predictions / f"{stage}{suffix}.jsonl")], examples,
-                scale, fallback)
-            bootstrap[f"test: numbers + {stage} model - numbers alone, both stacked on dev"] = \
-                added[stage]["bootstrap"]
+    added = {stage: added_information(recipe, args.data, dev[stage], rows[stage], examples,
+                                      scale, fallback, key) for stage in dev}
+    for stage, result in added.items():
+        bootstrap[f"test: numbers + {stage} model - numbers alone, both stacked on dev"] = \
+            result["bootstrap"]
     results = {
         "bench": "quality-ml100k",
         "readout": readout,
